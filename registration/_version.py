@@ -1,0 +1,5 @@
+"""The package version (single source for setup.cfg and the CLI)."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

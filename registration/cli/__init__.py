@@ -1,0 +1,326 @@
+"""The ``autoreg`` command line: parses, calls the library, maps errors to exit codes.
+
+Exit codes: 0 success; 1 operation failed; 2 usage error; 66 no such node;
+69 transport unavailable; 73 key material problem; 74 state store problem;
+78 configuration error; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import _admin
+from .._config import Config, load_config
+from .._exceptions import AutoregError
+from .._version import __version__
+from ._output import emit_json, format_event, format_node_detail, format_table, node_rows
+
+__all__ = ["main"]
+
+log = logging.getLogger("registration")
+
+#: Seconds between polls of the state store by ``events --follow`` and ``register --wait``.
+FOLLOW_INTERVAL = 0.25
+
+
+@dataclasses.dataclass
+class _Ctx:
+    config_path: Path | None
+    overrides: dict[str, str | None]
+    verbose: int
+
+    def config(self, **more: str | None) -> Config:
+        return load_config(self.config_path, overrides={**self.overrides, **more})
+
+
+pass_ctx = click.make_pass_decorator(_Ctx)
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except AutoregError as exc:
+        click.echo(f"autoreg: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _setup_logging(level: str, verbose: int) -> None:
+    chosen = logging.DEBUG if verbose else getattr(logging, level.upper())
+    logging.basicConfig(
+        level=chosen, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
+    if not verbose:
+        logging.getLogger("zeroconf").setLevel(logging.WARNING)
+        logging.getLogger("paramiko").setLevel(logging.WARNING)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="autoreg")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Configuration file [env AUTOREG_CONFIG; default /etc/autoreg/autoreg.conf].",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    help="State directory [env AUTOREG_STATE_DIR; default /var/lib/autoreg].",
+)
+@click.option("-v", "--verbose", count=True, help="Debug logging (daemon, announce).")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, state_dir: str | None, verbose: int) -> None:
+    """Zero-touch registration of cluster and private-cloud nodes.
+
+    Nodes run `autoreg announce`; each registrar runs `autoreg daemon`, which
+    registers the nodes its role owns by running the hook in
+    /etc/autoreg/hooks.d/<role>, exactly once, in dependency order.  The other
+    commands inspect and steer a registrar through its state store.
+
+    \b
+    A 2-minute tour:
+      autoreg keys init                # the controller key nodes must trust
+      autoreg daemon --role clc        # register walrus, cc, sc
+      autoreg list                     # who is where, and why
+      autoreg events --follow          # watch registrations happen
+      autoreg lockdown on --role cc    # stop registering new CCs, live
+    """
+    ctx.obj = _Ctx(config_path, {"autoreg.state_dir": state_dir}, verbose)
+
+
+# -- the two long-running services ------------------------------------------------------
+
+
+def _run_service(make: Callable[[], Any], level: str, verbose: int) -> None:
+    _setup_logging(level, verbose)
+    service = make()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, service.stop)
+        await service.run()
+
+    asyncio.run(main())
+
+
+@cli.command()
+@click.option("--role", help="Registrar role of this host, e.g. clc or cc [controller.role].")
+@click.option("--cluster", help="Cluster of a cluster registrar such as a CC.")
+@click.option("--hooks-dir", type=click.Path(file_okay=False), help="Directory of role hooks.")
+@click.option(
+    "--interface",
+    "interfaces",
+    multiple=True,
+    help="Browse on this interface (repeatable; default all).",
+)
+@pass_ctx
+def daemon(
+    obj: _Ctx,
+    role: str | None,
+    cluster: str | None,
+    hooks_dir: str | None,
+    interfaces: tuple[str, ...],
+) -> None:
+    """Run the registration daemon: browse, decide, verify, run hooks, record."""
+    from ..controller import Daemon
+
+    with _errors():
+        config = obj.config(
+            **{
+                "controller.role": role,
+                "controller.cluster": cluster,
+                "controller.hooks_dir": hooks_dir,
+                "autoreg.interfaces": ",".join(interfaces) or None,
+            }
+        )
+        _run_service(lambda: Daemon(config), config.log_level, obj.verbose)
+
+
+@cli.command()
+@click.option("--role", help="This node's role, e.g. nc [node.role].")
+@click.option("--cluster", help="Cluster this node belongs to [node.cluster].")
+@click.option("--interface", help="Announce this interface's address [node.interface].")
+@click.option("--address", help="Announce this address [node.address].")
+@click.option("--id", "node_id", help="Stable node id (default: from /etc/machine-id).")
+@click.option("--name", help="Host name to announce (default: the host name).")
+@click.option("--port", help="sshd port [node.ssh_port; default 22].")
+@click.option(
+    "--host-key",
+    type=click.Path(dir_okay=False),
+    help="sshd public host key [default /etc/ssh/ssh_host_ed25519_key.pub].",
+)
+@click.option(
+    "--receipt",
+    type=click.Path(dir_okay=False),
+    help="Where the controller leaves the registration receipt.",
+)
+@click.option(
+    "--probe/--no-probe",
+    default=None,
+    help="Probe for name conflicts first (RFC 6762 §8.1) [node.probe].",
+)
+@pass_ctx
+def announce(
+    obj: _Ctx,
+    role: str | None,
+    cluster: str | None,
+    interface: str | None,
+    address: str | None,
+    node_id: str | None,
+    name: str | None,
+    port: str | None,
+    host_key: str | None,
+    receipt: str | None,
+    probe: bool | None,
+) -> None:
+    """Announce this node over mDNS until stopped (goodbye on SIGTERM/SIGINT)."""
+    from ..node import Announcer
+
+    with _errors():
+        config = obj.config(
+            **{
+                "node.role": role,
+                "node.cluster": cluster,
+                "node.interface": interface,
+                "node.address": address,
+                "node.id": node_id,
+                "node.name": name,
+                "node.ssh_port": port,
+                "node.host_key": host_key,
+                "node.receipt_path": receipt,
+                "node.probe": None if probe is None else ("yes" if probe else "no"),
+            }
+        )
+        _run_service(lambda: Announcer(config), config.log_level, obj.verbose)
+
+
+# -- inspecting ------------------------------------------------------------------------------
+
+
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--state", "states", multiple=True, help="Only nodes in this state (repeatable).")
+@click.option("--role", help="Only nodes of this role.")
+@pass_ctx
+def list_(obj: _Ctx, as_json: bool, states: tuple[str, ...], role: str | None) -> None:
+    """List known nodes with their state and the reason for it."""
+    with _errors(), _admin.open_store(obj.config(), readonly=True) as store:
+        nodes = [
+            n
+            for n in store.nodes()
+            if (not states or n.state.value in states) and (role is None or n.role == role)
+        ]
+        if as_json:
+            emit_json([n.to_json() for n in nodes])
+        elif nodes:
+            click.echo(format_table(*node_rows(nodes)))
+        else:
+            click.echo("no nodes known yet", err=True)
+
+
+@cli.command()
+@click.argument("node")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "-n",
+    "--events",
+    "count",
+    default=20,
+    show_default=True,
+    help="How many of the node's latest events to show.",
+)
+@pass_ctx
+def show(obj: _Ctx, node: str, as_json: bool, count: int) -> None:
+    """Show one node (by id, id prefix, name or address) and its recent events."""
+    with _errors(), _admin.open_store(obj.config(), readonly=True) as store:
+        rec = store.find(node)
+        events = store.last_events(count, node_id=rec.node_id)
+        if as_json:
+            emit_json({"node": rec.to_json(), "events": [e.to_json() for e in events]})
+        else:
+            click.echo(format_node_detail(rec, events))
+
+
+@cli.command()
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--node", help="Only events of this node.")
+@click.option(
+    "-n", "--last", "count", default=50, show_default=True, help="Start with this many past events."
+)
+@click.option("--timeout", type=float, help="With --follow: stop after this many seconds.")
+@pass_ctx
+def events(
+    obj: _Ctx, follow: bool, as_json: bool, node: str | None, count: int, timeout: float | None
+) -> None:
+    """Print the event log (every decision, with its reason)."""
+    import json
+
+    def out(event: Any) -> None:
+        click.echo(json.dumps(event.to_json(), default=str) if as_json else format_event(event))
+
+    with _errors(), _admin.open_store(obj.config(), readonly=True) as store:
+        node_id = store.find(node).node_id if node else None
+        last = 0
+        for event in store.last_events(count, node_id=node_id):
+            out(event)
+            last = event.seq
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while follow and (deadline is None or time.monotonic() < deadline):
+            time.sleep(FOLLOW_INTERVAL)
+            for event in store.events(after=last, node_id=node_id):
+                out(event)
+                last = event.seq
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def status(obj: _Ctx, as_json: bool) -> None:
+    """Is the daemon running, with which role and transport; node counts; lockdown."""
+    with _errors():
+        report = _admin.status_report(obj.config())
+        if as_json:
+            emit_json(report)
+            return
+        daemon_ = report["daemon"]
+        if daemon_:
+            where = f" of cluster {daemon_['cluster']}" if daemon_.get("cluster") else ""
+            click.echo(
+                f"daemon: running (pid {daemon_['pid']}), registrar {daemon_['role']}"
+                f"{where}, {daemon_['registrar_state']}, transport "
+                f"{daemon_['transport']}"
+            )
+        else:
+            click.echo("daemon: not running")
+        click.echo(f"state: {report['state_dir']} (schema {report.get('schema_version', '?')})")
+        if "state_error" in report:
+            click.echo(f"  {report['state_error']}")
+        nodes = report.get("nodes") or {}
+        click.echo("nodes: " + (", ".join(f"{v} {k}" for k, v in sorted(nodes.items())) or "none"))
+        locks = [s for s, on in (report.get("lockdown") or {}).items() if on]
+        click.echo("lockdown: " + (", ".join("all" if s == "*" else s for s in locks) or "off"))
+        click.echo(f"controller key: {report['controller_key'] or 'none (autoreg keys init)'}")
+
+
+from . import _steer  # noqa: E402,F401  - registers the steering commands on ``cli``
+
+
+def main() -> None:
+    cli(prog_name="autoreg")

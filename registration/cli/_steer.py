@@ -1,0 +1,187 @@
+"""CLI commands that change state: lockdown, register, forget, retry, keys."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from .. import _admin
+from .._exceptions import AnnouncementError, AutoregError
+from ..protocol import Announcement
+from ..state import NodeState
+from . import FOLLOW_INTERVAL, _Ctx, _errors, cli, pass_ctx
+from ._output import emit_json
+
+__all__: list[str] = []
+
+
+@cli.command()
+@click.argument("switch", type=click.Choice(["on", "off", "status"]))
+@click.option("--role", help="Only this role's registration (default: all of it).")
+@click.option("--reason", default="", help="Why (kept in the event log).")
+@click.option("--json", "as_json", is_flag=True, help="With status: machine-readable.")
+@pass_ctx
+def lockdown(obj: _Ctx, switch: str, role: str | None, reason: str, as_json: bool) -> None:
+    """Stop (on) or resume (off) auto-registration, live, globally or per role.
+
+    Nodes announced while locked are kept as `locked`, not registered and not
+    forgotten; turning lockdown off processes them.  The running daemon picks
+    the change up within a fraction of a second.
+    """
+    with _errors():
+        config = obj.config()
+        if switch == "status":
+            with _admin.open_store(config, readonly=True) as store:
+                switches = store.lockdown()
+            if as_json:
+                emit_json(switches)
+            else:
+                for scope, on in sorted(switches.items()) or [("*", False)]:
+                    click.echo(f"{'all roles' if scope == '*' else scope}: {'on' if on else 'off'}")
+            return
+        _admin.set_lockdown(config, switch == "on", role=role, reason=reason)
+        click.echo(f"lockdown {switch} for {role or 'all roles'}")
+
+
+@cli.command()
+@click.option("--role", required=True, help="The node's role.")
+@click.option("--cluster", help="The node's cluster, for roles that have one.")
+@click.option("--ip", required=True, help="Address the controller reaches the node's sshd at.")
+@click.option("--port", default=22, show_default=True, help="The node's sshd port.")
+@click.option(
+    "--fingerprint",
+    required=True,
+    help="The node's host key, as `ssh-keygen -lf` prints it (SHA256:…).",
+)
+@click.option("--key-type", default="ssh-ed25519", show_default=True, help="Host key type.")
+@click.option("--id", "node_id", help="Node id (default: derived from the address).")
+@click.option("--name", help="Display name.")
+@click.option(
+    "--wait",
+    type=float,
+    metavar="SECONDS",
+    help="Wait up to SECONDS for the daemon to settle the node; exit 1 unless registered.",
+)
+@pass_ctx
+def register(
+    obj: _Ctx,
+    role: str,
+    cluster: str | None,
+    ip: str,
+    port: int,
+    fingerprint: str,
+    key_type: str,
+    node_id: str | None,
+    name: str | None,
+    wait: float | None,
+) -> None:
+    """Register a node that cannot announce itself here (another network).
+
+    The node goes through the same rules, verification and hook as an
+    announced one; the daemon picks it up at once.  Run on the node
+    `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` to get the fingerprint.
+    """
+    with _errors():
+        try:
+            ann = Announcement(
+                node_id=node_id or "m-" + ip.replace(".", "-").replace(":", "-"),
+                role=role,
+                ip=ip,
+                port=port,
+                fingerprint=fingerprint,
+                key_type=key_type,
+                cluster=cluster,
+                name=name,
+            )
+        except AnnouncementError as exc:
+            raise click.BadParameter(str(exc)) from exc
+        config = obj.config()
+        rec = _admin.manual_register(config, ann)
+        click.echo(f"queued {rec.role} {rec.display_name} ({rec.node_id}) for registration")
+        if wait is None:
+            return
+        deadline = time.monotonic() + wait
+        with _admin.open_store(config, readonly=True) as store:
+            while time.monotonic() < deadline:
+                current = store.get(rec.node_id)
+                if current is not None and (
+                    current.state.is_final
+                    or (
+                        current.state in (NodeState.FAILED, NodeState.UNREACHABLE)
+                        and current.next_attempt is None
+                    )
+                ):
+                    break
+                time.sleep(FOLLOW_INTERVAL)
+        state = current.state.value if current else "forgotten"
+        reason = current.reason if current else ""
+        click.echo(f"{rec.node_id}: {state}: {reason}")
+        if current is None or current.state is not NodeState.REGISTERED:
+            raise AutoregError(f"{rec.node_id} is not registered ({state})")
+
+
+@cli.command()
+@click.argument("node")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_ctx
+def forget(obj: _Ctx, node: str, yes: bool) -> None:
+    """Forget a node: it will be decided anew when it next announces."""
+    with _errors():
+        if not yes and not click.confirm(f"forget {node}?", default=False, err=True):
+            raise click.Abort
+        rec = _admin.forget_node(obj.config(), node)
+        click.echo(f"forgot {rec.role} {rec.display_name} ({rec.node_id}), was {rec.state.value}")
+
+
+@cli.command()
+@click.argument("node")
+@pass_ctx
+def retry(obj: _Ctx, node: str) -> None:
+    """Try a failed, unreachable, rejected or interrupted node again now."""
+    with _errors():
+        rec = _admin.retry_node(obj.config(), node)
+        click.echo(
+            f"{rec.node_id}: will be retried"
+            + (" (hook runs with AUTOREG_RESUMED=1)" if rec.resumed else "")
+        )
+
+
+@cli.group()
+def keys() -> None:
+    """The controller's SSH key (CONTROLLER_KEY) that nodes authorise."""
+
+
+@keys.command("init")
+@pass_ctx
+def keys_init(obj: _Ctx) -> None:
+    """Create the controller key (ed25519) unless it exists; never overwrites."""
+    with _errors():
+        config = obj.config()
+        key, created = _admin.keys_init(config)
+        word = "created" if created else "kept existing"
+        click.echo(f"{word} {config.controller_key} ({key.fingerprint})", err=True)
+        click.echo(key.openssh)
+
+
+@keys.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def keys_show(obj: _Ctx, as_json: bool) -> None:
+    """Print the controller's public key and the authorized_keys line for nodes."""
+    with _errors():
+        config = obj.config()
+        key = _admin.keys_show(config)
+        if as_json:
+            emit_json(
+                {
+                    "path": str(config.controller_key),
+                    "type": key.key_type,
+                    "fingerprint": key.fingerprint,
+                    "public_key": key.openssh,
+                }
+            )
+            return
+        click.echo(f"# {config.controller_key} {key.fingerprint}")
+        click.echo("# append to ~root/.ssh/authorized_keys (or the ssh_user's) on every node:")
+        click.echo(key.openssh)

@@ -1,0 +1,169 @@
+"""Running the admin's per-role registration hooks (see docs/hooks.md).
+
+A hook is ``<hooks_dir>/<role>``: a regular executable file.  It runs in its
+own process group with a private working directory, no stdin, a clean
+environment and a bounded run time.  Its output is kept (bounded, control
+characters escaped) so the event log can show why it failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Final
+
+from .._exceptions import HookError
+
+__all__ = ["EXIT_DECLINED", "HookResult", "find_hook", "run_hook", "sanitize_output"]
+
+#: Exit status by which a hook declines a node (sysexits EX_NOPERM): not retried.
+EXIT_DECLINED: Final = 77
+#: Bytes of stdout and of stderr kept per run (the tail).
+OUTPUT_LIMIT: Final = 16 * 1024
+#: Seconds between SIGTERM and SIGKILL when a hook overruns its time.
+KILL_GRACE: Final = 5.0
+_PASSED_THROUGH: Final = ("PATH", "LANG", "LC_ALL", "TZ")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HookResult:
+    command: str
+    returncode: int | None
+    stdout: str
+    stderr: str
+    duration: float
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+    def to_error(self) -> HookError:
+        what = "timed out" if self.timed_out else "failed"
+        return HookError(
+            f"hook {what}",
+            command=self.command,
+            returncode=self.returncode,
+            stdout=self.stdout,
+            stderr=self.stderr,
+            timed_out=self.timed_out,
+        )
+
+
+def find_hook(hooks_dir: Path, role: str) -> Path | None:
+    """The hook for ``role``, None when there is none; HookError when it is unusable."""
+    path = hooks_dir / role
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise HookError(
+            f"cannot inspect hook: {exc.strerror}", command=str(path), returncode=None
+        ) from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise HookError("hook is not a regular file", command=str(path), returncode=None)
+    if not os.access(path, os.X_OK):
+        raise HookError(
+            "hook is not executable (chmod +x it, or remove it)", command=str(path), returncode=None
+        )
+    return path
+
+
+async def run_hook(
+    path: Path,
+    env: Mapping[str, str],
+    *,
+    timeout: float,
+    on_start: Callable[[int], None] | None = None,
+) -> HookResult:
+    """Run one hook to completion (or to its time limit) and collect its output."""
+    full_env = {k: os.environ[k] for k in _PASSED_THROUGH if k in os.environ}
+    full_env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    full_env.update(env)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="autoreg-hook-") as workdir:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                str(path),
+                cwd=workdir,
+                env=full_env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise HookError(
+                f"cannot start hook: {exc.strerror}", command=str(path), returncode=None
+            ) from exc
+        if on_start is not None:
+            on_start(proc.pid)
+        assert proc.stdout is not None and proc.stderr is not None
+        out_task = asyncio.ensure_future(_tail(proc.stdout))
+        err_task = asyncio.ensure_future(_tail(proc.stderr))
+        timed_out = False
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            timed_out = True
+            await _terminate_group(proc)
+        except asyncio.CancelledError:
+            await _terminate_group(proc)
+            raise
+        finally:
+            # The group may have children that keep the pipes open: bound the wait.
+            done, pending = await asyncio.wait({out_task, err_task}, timeout=KILL_GRACE)
+            for task in pending:
+                task.cancel()
+        stdout = out_task.result() if out_task in done else b""
+        stderr = err_task.result() if err_task in done else b""
+    return HookResult(
+        command=str(path),
+        returncode=proc.returncode,
+        stdout=sanitize_output(stdout),
+        stderr=sanitize_output(stderr),
+        duration=time.monotonic() - started,
+        timed_out=timed_out,
+    )
+
+
+async def _tail(stream: asyncio.StreamReader) -> bytes:
+    kept = bytearray()
+    while chunk := await stream.read(65536):
+        kept += chunk
+        if len(kept) > 2 * OUTPUT_LIMIT:
+            del kept[:-OUTPUT_LIMIT]
+    return bytes(kept[-OUTPUT_LIMIT:])
+
+
+async def _terminate_group(proc: asyncio.subprocess.Process) -> None:
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, KILL_GRACE)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            await asyncio.wait_for(proc.wait(), wait)
+            return
+        except TimeoutError:
+            continue
+
+
+def sanitize_output(data: bytes) -> str:
+    """Decode hook output for logs: invalid UTF-8 replaced, control characters escaped."""
+    text = data.decode("utf-8", errors="replace")
+    return "".join(
+        ch
+        if ch in "\n\t" or ch.isprintable()
+        else f"\\x{ord(ch):02x}"
+        if ord(ch) < 256
+        else f"\\u{ord(ch):04x}"
+        for ch in text
+    )

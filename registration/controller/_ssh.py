@@ -1,0 +1,177 @@
+"""Verified SSH sessions to nodes (paramiko, blocking: run in the executor).
+
+"Verify before trusting": the host key the node's sshd presents must have the
+fingerprint the node announced, *before* we authenticate or send anything.
+paramiko exceptions and socket errors are translated here, at the I/O
+boundary, into :mod:`registration._exceptions` and re-raised ``from`` them.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import io
+import logging
+import posixpath
+import secrets
+import socket
+from pathlib import Path
+from typing import Final
+
+import paramiko
+
+from .._exceptions import FingerprintMismatch, KeyMaterialError, NodeUnreachable, SSHError
+from .._sshkeys import fingerprint_of_blob
+
+__all__ = ["SSHTarget", "VerifiedSession", "load_private_key", "open_verified"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between SSH keepalives while a session is held open during a hook.
+KEEPALIVE_INTERVAL: Final = 15
+
+# paramiko offers RSA host keys under three signature names.
+_KEY_TYPE_ALIASES: Final = {
+    "ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"),
+    "rsa-sha2-256": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"),
+    "rsa-sha2-512": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"),
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SSHTarget:
+    """Where and as whom to connect, and which host key to expect."""
+
+    host: str
+    port: int
+    fingerprint: str
+    key_type: str
+    user: str
+    timeout: float
+
+
+def load_private_key(path: Path) -> paramiko.PKey:
+    """Load the controller's private key (ed25519, ECDSA or RSA, OpenSSH format)."""
+    try:
+        data = path.read_text(encoding="ascii")
+    except OSError as exc:
+        raise KeyMaterialError(
+            f"{path}: cannot read the controller key ({exc.strerror}); "
+            "create it with `autoreg keys init`"
+        ) from exc
+    errors: list[str] = []
+    for cls in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return cls.from_private_key(io.StringIO(data))
+        except (paramiko.SSHException, ValueError) as exc:
+            errors.append(f"{cls.__name__}: {exc}")
+    raise KeyMaterialError(f"{path}: not a usable private key ({'; '.join(errors)})")
+
+
+class VerifiedSession:
+    """An authenticated SSH connection whose host key matched the announcement."""
+
+    def __init__(
+        self, target: SSHTarget, transport: paramiko.Transport, host_key: paramiko.PKey
+    ) -> None:
+        self.target = target
+        self._transport = transport
+        self.host_key = host_key
+
+    @property
+    def host_key_line(self) -> str:
+        """The verified key as ``type base64`` (for a known_hosts file)."""
+        return f"{self.host_key.get_name()} {self.host_key.get_base64()}"
+
+    def alive(self) -> bool:
+        return self._transport.is_active() and self._transport.is_authenticated()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._transport.close()
+
+    def write_file(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
+        """Write ``path`` on the node atomically (temp file + rename), creating parents."""
+        try:
+            sftp = paramiko.SFTPClient.from_transport(self._transport)
+            if sftp is None:
+                raise SSHError(
+                    "cannot open an SFTP channel", host=self.target.host, port=self.target.port
+                )
+            with contextlib.closing(sftp):
+                _makedirs(sftp, posixpath.dirname(path))
+                tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+                with sftp.open(tmp, "wb") as fh:
+                    fh.write(data)
+                sftp.chmod(tmp, mode)
+                sftp.posix_rename(tmp, path)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SSHError(
+                f"cannot write {path}: {exc}", host=self.target.host, port=self.target.port
+            ) from exc
+
+
+def open_verified(target: SSHTarget, key: paramiko.PKey) -> VerifiedSession:
+    """Connect, check the host key against the announced fingerprint, authenticate."""
+    host, port = target.host, target.port
+    try:
+        sock = socket.create_connection((target.host, target.port), timeout=target.timeout)
+    except OSError as exc:
+        raise NodeUnreachable(_describe(exc), host=host, port=port) from exc
+    transport = paramiko.Transport(sock)
+    try:
+        transport.banner_timeout = target.timeout
+        transport.handshake_timeout = target.timeout
+        options = transport.get_security_options()
+        options.key_types = _KEY_TYPE_ALIASES.get(target.key_type, (target.key_type,))
+        try:
+            transport.start_client(timeout=target.timeout)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise NodeUnreachable(
+                f"SSH handshake failed: {_describe(exc)}", host=host, port=port
+            ) from exc
+        host_key = transport.get_remote_server_key()
+        actual = fingerprint_of_blob(base64.b64decode(host_key.get_base64()))
+        if actual != target.fingerprint:
+            raise FingerprintMismatch(
+                announced=target.fingerprint, actual=actual, host=host, port=port
+            )
+        try:
+            transport.auth_publickey(target.user, key)
+        except paramiko.AuthenticationException as exc:
+            raise SSHError(
+                f"the node refused the controller key for user {target.user!r} "
+                "(is CONTROLLER_KEY in its authorized_keys?)",
+                host=host,
+                port=port,
+            ) from exc
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise NodeUnreachable(
+                f"authentication failed: {_describe(exc)}", host=host, port=port
+            ) from exc
+        transport.set_keepalive(KEEPALIVE_INTERVAL)
+        return VerifiedSession(target, transport, host_key)
+    except BaseException:
+        transport.close()
+        raise
+
+
+def _makedirs(sftp: paramiko.SFTPClient, directory: str) -> None:
+    parts: list[str] = []
+    while directory not in ("", "/"):
+        parts.append(directory)
+        directory = posixpath.dirname(directory)
+    for part in reversed(parts):
+        try:
+            sftp.stat(part)
+        except OSError:
+            sftp.mkdir(part, 0o755)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,8 @@
+"""The node side: identity and the announcer."""
+
+from __future__ import annotations
+
+from ._announcer import Announcer
+from ._identity import NodeIdentity, derive_node_id, self_registration_state
+
+__all__ = ["Announcer", "NodeIdentity", "derive_node_id", "self_registration_state"]

@@ -1,0 +1,23 @@
+"""Discovery transports (mDNS/DNS-SD)."""
+
+from __future__ import annotations
+
+from .._config import Config
+from .._netif import resolve_interfaces
+from ._base import Transport
+from ._zeroconf import BrowseListener, Published, ResolvedService, ZeroconfTransport
+
+__all__ = [
+    "BrowseListener",
+    "Published",
+    "ResolvedService",
+    "Transport",
+    "ZeroconfTransport",
+    "create_transport",
+]
+
+
+def create_transport(config: Config, *, bind: str | None = None) -> Transport:
+    """The configured transport, bound to ``[autoreg] interfaces`` (else ``bind``, else all)."""
+    addresses = resolve_interfaces(config.interfaces) or ([bind] if bind else None)
+    return ZeroconfTransport(addresses)

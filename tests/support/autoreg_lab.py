@@ -1,0 +1,209 @@
+"""Real autoreg processes on a :mod:`netlab` network: registrars and nodes.
+
+Every host gets one configuration file (``[autoreg]``, ``[node]``,
+``[controller]``), its own state directory and, as a node, a real OpenSSH
+sshd with its own host key.  Daemons and announcers run as real processes
+inside the host's namespace; the CLI and state reads run outside (they touch
+only files).  Timing constants are shortened through configuration, not slept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from registration.state import Event, NodeRecord, NodeState, Store
+
+from .netlab import Host, Lab, Proc, Sshd
+
+__all__ = ["AutoregLab", "Station", "wait_until"]
+
+#: Seconds between state-store reads while waiting for a node's state.
+POLL = 0.05
+DEFAULT_TIMEOUT = 30.0
+
+
+def autoreg_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "registration", *args]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float,
+               what: str | Callable[[], str]) -> None:
+    """Poll ``predicate`` until true; on timeout fail with ``what`` (a text or a callable)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(POLL)
+    raise AssertionError(f"timed out after {timeout}s waiting for "
+                         f"{what() if callable(what) else what}")
+
+
+@dataclasses.dataclass
+class Station:
+    """One host running autoreg: a node, a registrar, or both (a CC)."""
+
+    lab: AutoregLab
+    host: Host
+    node_id: str
+    role: str | None
+    cluster: str | None
+    registrar_role: str | None = None
+    sshd: Sshd | None = None
+    announcer: Proc | None = None
+    daemon: Proc | None = None
+    extra: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def conf(self) -> Path:
+        return self.host.workdir / "autoreg.conf"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.host.workdir / "state"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.host.workdir / "keys"
+
+    @property
+    def hooks_dir(self) -> Path:
+        return self.host.workdir / "hooks.d"
+
+    @property
+    def receipt(self) -> Path:
+        return self.lab.node_dir(self.node_id) / "receipt.json"
+
+    def write_config(self) -> None:
+        sections: dict[str, dict[str, str]] = {
+            "autoreg": {"state_dir": str(self.state_dir), "keys_dir": str(self.keys_dir),
+                        "interfaces": self.host.ifname, "log_level": "info"},
+            "node": {"id": self.node_id, "name": self.host.name, "interface": self.host.ifname,
+                     "receipt_path": str(self.receipt), "poll_interval": "0.2"},
+            "controller": {"hooks_dir": str(self.hooks_dir), "connect_timeout": "3",
+                           "retry_initial": "0.5", "retry_max": "2", "max_attempts": "3",
+                           "hook_timeout": "20",
+                           "node_receipt_path": str(self.lab.node_dir("{id}") / "receipt.json"),
+                           "credentials_dir": str(self.host.workdir / "credentials")},
+        }
+        if self.role:
+            sections["node"]["role"] = self.role
+        if self.cluster:
+            sections["node"]["cluster"] = self.cluster
+        if self.sshd is not None:
+            sections["node"]["ssh_port"] = str(self.sshd.port)
+            sections["node"]["host_key"] = str(self.sshd.host_key_path) + ".pub"
+        if self.registrar_role:
+            sections["controller"]["role"] = self.registrar_role
+        for section, values in self.extra.items():
+            sections.setdefault(section, {}).update(values)
+        text = "".join(f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()) + "\n"
+                       for name, values in sections.items())
+        self.conf.write_text(text)
+
+    # -- processes -------------------------------------------------------------------
+
+    def start_announcer(self, *, wait: bool = True) -> Proc:
+        self.write_config()
+        self.announcer = self.host.spawn(autoreg_argv("-c", str(self.conf), "announce"),
+                                         log_name="announce")
+        if wait:
+            self.announcer.wait_for_log(r"announced ", DEFAULT_TIMEOUT)
+        return self.announcer
+
+    def start_daemon(self) -> Proc:
+        self.write_config()
+        self.daemon = self.host.spawn(autoreg_argv("-c", str(self.conf), "daemon"),
+                                      log_name="daemon")
+        self.daemon.wait_for_log(r"registrar \S+ started", DEFAULT_TIMEOUT)
+        return self.daemon
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 30
+            ) -> subprocess.CompletedProcess[str]:
+        self.write_config()
+        result = subprocess.run(autoreg_argv("-c", str(self.conf), *args), capture_output=True,
+                                text=True, timeout=timeout, check=False)
+        if check and result.returncode != 0:
+            raise AssertionError(f"autoreg {' '.join(args)} exited {result.returncode}: "
+                                 f"{result.stderr}")
+        return result
+
+    def hook(self, role: str, script: str) -> Path:
+        self.hooks_dir.mkdir(parents=True, exist_ok=True)
+        path = self.hooks_dir / role
+        path.write_text(script)
+        path.chmod(0o755)
+        return path
+
+    # -- state -----------------------------------------------------------------------------
+
+    def node(self, node_id: str) -> NodeRecord | None:
+        db = self.state_dir / "autoreg.db"
+        if not db.exists():
+            return None
+        with Store(db, readonly=True) as store:
+            return store.get(node_id)
+
+    def events(self, node_id: str | None = None) -> list[Event]:
+        with Store(self.state_dir / "autoreg.db", readonly=True) as store:
+            return store.events(node_id=node_id, limit=100000)
+
+    def wait_state(self, node_id: str, *states: NodeState,
+                   timeout: float = DEFAULT_TIMEOUT) -> NodeRecord:
+        deadline = time.monotonic() + timeout
+        rec = None
+        while time.monotonic() < deadline:
+            rec = self.node(node_id)
+            if rec is not None and rec.state in states:
+                return rec
+            time.sleep(POLL)
+        log = self.daemon.log_text()[-3000:] if self.daemon else ""
+        raise AssertionError(f"{node_id} not in {[s.value for s in states]} after {timeout}s: "
+                             f"{rec}\n--- daemon log ---\n{log}")
+
+
+class AutoregLab:
+    """A :class:`Lab` plus the autoreg stations on it."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.stations: dict[str, Station] = {}
+        self._authorized: list[str] = []
+
+    def node_dir(self, node_id: str) -> Path:
+        return self.lab.workdir / "nodes" / node_id
+
+    def registrar(self, name: str, role: str, *, cluster: str | None = None,
+                  node_role: str | None = None) -> Station:
+        """A registrar host; with ``node_role`` it is a node too (e.g. a CC)."""
+        station = self._station(name, node_role, cluster, with_sshd=node_role is not None)
+        station.registrar_role = role
+        station.write_config()
+        result = station.cli("keys", "init")
+        self._authorized.append(result.stdout.strip())
+        return station
+
+    def node(self, name: str, role: str, *, cluster: str | None = None) -> Station:
+        return self._station(name, role, cluster, with_sshd=True)
+
+    def _station(self, name: str, role: str | None, cluster: str | None, *,
+                 with_sshd: bool) -> Station:
+        host = self.lab.add_host(name)
+        station = Station(self, host, node_id=f"{name}-{host.ip.split('.')[-1]}x", role=role,
+                          cluster=cluster)
+        if with_sshd:
+            station.sshd = host.start_sshd(authorized_keys=list(self._authorized))
+            self.node_dir(station.node_id).mkdir(parents=True, exist_ok=True)
+        self.stations[name] = station
+        return station
+
+    def authorize_all(self) -> None:
+        """Put every registrar's key into every node's authorized_keys."""
+        for station in self.stations.values():
+            if station.sshd is not None:
+                station.sshd.authorized_keys_path.write_text(
+                    "".join(f"{k}\n" for k in self._authorized))
