@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ._config import Config
-from ._exceptions import AutoregError, ConfigError, KeyMaterialError, StateError
+from ._exceptions import AutoregError, ConfigError, KeyMaterialError, NodeNotFound, StateError
 from ._sshkeys import PublicKey, generate_ed25519, read_public_key
 from .protocol import Announcement
 from .state import GLOBAL_SCOPE, NodeRecord, NodeState, Store
@@ -108,22 +108,24 @@ def retry_node(config: Config, ref: str) -> NodeRecord:
         if rec.state in (NodeState.REGISTERED, NodeState.REGISTERING):
             raise AutoregError(f"node {rec.node_id} is {rec.state.value}; nothing to retry")
         resumed = rec.state is NodeState.INTERRUPTED or rec.resumed
-        new = dataclasses.replace(
-            rec,
-            state=NodeState.SEEN,
-            attempts=0,
-            next_attempt=None,
-            hook_pid=None,
-            resumed=resumed,
-            updated=time.time(),
-            reason="retry requested by admin",
-        )
-        return store.save(
-            new,
+        was = rec.state.value + (", hook will run resumed" if resumed else "")
+        fresh = store.update(
+            rec.node_id,
+            {
+                "state": NodeState.SEEN,
+                "attempts": 0,
+                "next_attempt": None,
+                "hook_pid": None,
+                "resumed": resumed,
+                "updated": time.time(),
+                "reason": "retry requested by admin",
+            },
             kind="retry",
-            message=f"retry requested by admin (was "
-            f"{rec.state.value}{', hook will run resumed' if resumed else ''})",
+            message=f"retry requested by admin (was {was})",
         )
+        if fresh is None:
+            raise NodeNotFound(f"node {rec.node_id} was forgotten meanwhile")
+        return fresh
 
 
 def daemon_status(config: Config) -> dict[str, Any] | None:

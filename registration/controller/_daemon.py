@@ -283,13 +283,9 @@ class Daemon:
                 f"{ann.fingerprint}: ignored; `autoreg forget {rec.node_id}` to register it anew",
                 {"announcement": dataclasses.asdict(ann)},
             )
-            if not rec.present:
-                await self._save(
-                    dataclasses.replace(rec, present=True, last_seen=now),
-                    kind="present",
-                    message=None,
-                )
+            await self._db.run(self.store.update, rec.node_id, {"present": True, "last_seen": now})
             return
+        # Only the announcement's own columns: a registration in flight owns the rest.
         changes: dict[str, Any] = {
             "ip": ann.ip,
             "port": ann.port,
@@ -311,22 +307,23 @@ class Daemon:
                     state=NodeState.SEEN,
                     attempts=0,
                     next_attempt=None,
+                    updated=now,
                     reason="announced again with new data; re-evaluating",
                 )
-        new = dataclasses.replace(rec, **changes)
-        if new == rec:
-            return
-        message = None
-        if moved or identity_changed or not rec.present or rec.state != new.state:
+        kind = message = None
+        if moved or identity_changed or not rec.present or "state" in changes:
+            kind = "announced"
             message = f"re-announced at {ann.ip}:{ann.port} (state {ann.state})"
-        await self._save(new, kind="announced", message=message)
+        await self._db.run(self.store.update, rec.node_id, changes, kind=kind, message=message)
 
     async def _on_gone(self, node_id: str, name: str) -> None:
         rec = await self._db.run(self.store.get, node_id)
         if rec is None or not rec.present:
             return
-        await self._save(
-            dataclasses.replace(rec, present=False),
+        await self._db.run(
+            self.store.update,
+            node_id,
+            {"present": False},
             kind="withdrawn",
             message=f"{name} withdrew its announcement (goodbye)",
         )
@@ -455,7 +452,7 @@ class Daemon:
         data: dict[str, Any] | None = None,
         **changes: Any,
     ) -> NodeRecord:
-        new = dataclasses.replace(rec, state=state, reason=reason, updated=time.time(), **changes)
+        """Move ``rec`` to ``state`` (only the decision columns), log it, return it fresh."""
         label = f"{rec.role} {rec.display_name} ({rec.node_id})"
         message = f"{label}: {state.value}: {reason}"
         level = (
@@ -464,15 +461,11 @@ class Daemon:
             else logging.INFO
         )
         log.log(level, "%s", message)
-        return await self._save(new, kind=kind, message=message, data=data)
-
-    async def _save(
-        self, rec: NodeRecord, *, kind: str, message: str | None, data: dict[str, Any] | None = None
-    ) -> NodeRecord:
-        if message is None:
-            await self._db.run(self.store.save_quietly, rec)
-            return rec
-        return await self._db.run(self.store.save, rec, kind=kind, message=message, data=data)
+        fields = {"state": state, "reason": reason, "updated": time.time(), **changes}
+        fresh = await self._db.run(
+            self.store.update, rec.node_id, fields, kind=kind, message=message, data=data
+        )
+        return fresh if fresh is not None else dataclasses.replace(rec, **fields)
 
     # -- recovery, self-registration, change watching ----------------------------------
 

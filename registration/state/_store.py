@@ -27,7 +27,7 @@ __all__ = ["GLOBAL_SCOPE", "Store"]
 
 GLOBAL_SCOPE: Final = "*"
 BUSY_TIMEOUT_MS: Final = 5000
-_NODE_FIELDS: Final = frozenset(NodeRecord.__dataclass_fields__)
+_UPDATABLE: Final = frozenset(NodeRecord.__dataclass_fields__) - {"node_id", "first_seen"}
 
 
 class Store:
@@ -164,10 +164,41 @@ class Store:
             _insert_event(conn, record.node_id, kind, record.state.value, message, data or {})
         return record
 
-    def save_quietly(self, record: NodeRecord) -> NodeRecord:
-        """Insert or replace a node whose change needs no event (e.g. last-seen time)."""
+    def update(
+        self,
+        node_id: str,
+        fields: Mapping[str, Any],
+        *,
+        kind: str | None = None,
+        message: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> NodeRecord | None:
+        """Change only ``fields`` of a node (and log the event), atomically.
+
+        Writers name the columns they own, so concurrent writers (the announcement
+        path and a registration in flight) never overwrite each other's changes
+        with stale copies.  Returns the node as it is after the change, or None
+        when it no longer exists.
+        """
+        unknown = set(fields) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {', '.join(sorted(unknown))}")
+        assignments = ", ".join(f"{col} = :{col}" for col in fields)
+        params = {**fields, "node_id": node_id}
         with self._write() as conn:
-            _upsert(conn, record)
+            if fields:
+                cur = conn.execute(
+                    f"UPDATE nodes SET {assignments} WHERE node_id = :node_id",  # noqa: S608
+                    params,
+                )
+                if cur.rowcount == 0:
+                    return None
+            rows = list(conn.execute("SELECT * FROM nodes WHERE node_id = ?", (node_id,)))
+            if not rows:
+                return None
+            record = NodeRecord.from_row(rows[0])
+            if kind is not None and message is not None:
+                _insert_event(conn, node_id, kind, record.state.value, message, data or {})
         return record
 
     def set_hook_pid(self, node_id: str, pid: int) -> None:

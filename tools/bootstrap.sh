@@ -1,0 +1,94 @@
+#!/bin/sh
+# Set up everything autoreg's demo and tests need on a Debian 12 machine:
+# Debian packages (without starting any service they ship) and a virtualenv.
+#
+#   tools/bootstrap.sh [pypi|debian]
+#
+#   pypi    .venv: current PyPI releases of the dependencies (default)
+#   debian  .venv-debian: Debian 12's own python3-zeroconf, python3-paramiko,
+#           python3-click, python3-jinja2 (what the .deb depends on)
+#
+# Idempotent and quick when nothing changed. Needs root for apt-get.
+set -eu
+
+flavour=${1:-pypi}
+root=$(cd "$(dirname "$0")/.." && pwd)
+python=/usr/bin/python3
+
+APT_PACKAGES="python3 python3-venv openssh-server openssh-client iproute2 procps"
+APT_DEBIAN_DEPS="python3-zeroconf python3-paramiko python3-click python3-jinja2 python3-cryptography"
+
+missing_packages() {
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q '^install ok installed$' \
+            || printf '%s ' "$pkg"
+    done
+}
+
+apt_install() {
+    todo=$(missing_packages "$@")
+    [ -z "$todo" ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "bootstrap: need root to install: $todo" >&2
+        exit 1
+    fi
+    echo "bootstrap: installing Debian packages: $todo"
+    # Never let a package start its service (sshd, …) in the root namespace:
+    # the tests start their own daemons inside network namespaces.
+    guard=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        guard=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' > "$guard"
+        chmod 755 "$guard"
+    fi
+    # shellcheck disable=SC2086  # word splitting of the package list is intended
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $todo; then
+        apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $todo
+    fi
+    [ -n "$guard" ] && rm -f "$guard"
+    return 0
+}
+
+# shellcheck disable=SC2086
+apt_install $APT_PACKAGES
+
+case "$flavour" in
+    pypi)
+        venv="$root/.venv"
+        site=""
+        ;;
+    debian)
+        # shellcheck disable=SC2086
+        apt_install $APT_DEBIAN_DEPS
+        venv="$root/.venv-debian"
+        site="--system-site-packages"
+        ;;
+    *)
+        echo "usage: $0 [pypi|debian]" >&2
+        exit 2
+        ;;
+esac
+
+stamp="$venv/.autoreg-stamp"
+want=$(cat "$root/setup.cfg" "$root/pyproject.toml" "$0" | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/autoreg" ]; then
+    exit 0
+fi
+echo "bootstrap: preparing $venv"
+# shellcheck disable=SC2086
+"$python" -m venv $site "$venv"
+"$venv/bin/python" -m pip install -q --upgrade pip
+if [ "$flavour" = debian ]; then
+    # The distro's libraries, not PyPI's: install autoreg itself without deps.
+    "$venv/bin/python" -m pip install -q --no-deps -e "$root"
+    "$venv/bin/python" -m pip install -q "pytest>=7.2" "pytest-timeout>=2.1" "hypothesis>=6"
+    "$venv/bin/python" - <<'PY'
+import click, jinja2, paramiko, zeroconf
+print("bootstrap: Debian versions:", "zeroconf", zeroconf.__version__, "paramiko",
+      paramiko.__version__, "click", click.__version__, "jinja2", jinja2.__version__)
+PY
+else
+    "$venv/bin/python" -m pip install -q -e "${root}[test,dev]"
+fi
+echo "$want" > "$stamp"
