@@ -210,6 +210,29 @@ def announce(
         _run_service(lambda: Announcer(config), config.log_level, obj.verbose)
 
 
+@cli.command()
+@click.option("--timeout", default=3.0, show_default=True, help="Seconds to listen.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def discover(obj: _Ctx, timeout: float, as_json: bool) -> None:
+    """List the registrars announcing themselves on this network."""
+    from ..node import discover_registrars
+
+    with _errors():
+        found = asyncio.run(discover_registrars(obj.config(), timeout=timeout))
+        if as_json:
+            emit_json([dataclasses.asdict(r) for r in found])
+        elif found:
+            rows = [
+                [r.role, r.cluster or "-", r.name or "-", f"{r.ip}:{r.port}", r.state, r.node_id]
+                for r in found
+            ]
+            click.echo(format_table(["ROLE", "CLUSTER", "NAME", "ADDRESS", "STATE", "ID"], rows))
+        else:
+            click.echo(f"no registrar answered within {timeout:g}s", err=True)
+            sys.exit(1)
+
+
 # -- inspecting ------------------------------------------------------------------------------
 
 

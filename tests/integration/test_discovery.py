@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from registration.state import NodeState
-from support.autoreg_lab import AutoregLab, Station
+from support.autoreg_lab import AutoregLab, Station, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 
@@ -56,7 +56,6 @@ def test_goodbye_marks_node_absent_and_reannouncement_is_quiet(alab: AutoregLab)
     clc.wait_state(walrus.node_id, NodeState.REGISTERED)
     assert announcer.terminate() == 0
     assert "goodbye sent" in announcer.log_text()
-    from support.autoreg_lab import wait_until
 
     wait_until(lambda: (r := clc.node(walrus.node_id)) is not None and not r.present, 15,
                "the goodbye to be seen")
@@ -66,3 +65,43 @@ def test_goodbye_marks_node_absent_and_reannouncement_is_quiet(alab: AutoregLab)
     rec = clc.node(walrus.node_id)
     assert rec is not None and rec.state is NodeState.REGISTERED
     assert [e.kind for e in clc.events(walrus.node_id)].count("registered") == 1
+
+
+def test_registrars_announce_themselves_with_their_state(alab: AutoregLab) -> None:
+    """Nodes and installers find their registrar: "I am the CLC", and whether it is open."""
+    import json
+
+    from support.autoreg_lab import autoreg_argv
+
+    clc = alab.registrar("clc", "clc")
+    cc = alab.registrar("cc", "cc", cluster="foo", node_role="cc")
+    probe = alab.node("probe", "walrus")
+    clc.start_daemon()
+    cc.start_daemon()
+
+    def discover() -> dict[str, str]:
+        probe.write_config()
+        out = probe.host.run(autoreg_argv("-c", str(probe.conf), "discover", "--json",
+                                          "--timeout", "1.5")).stdout
+        return {f"{r['role']}/{r['cluster']}": r["state"] for r in json.loads(out)}
+
+    assert discover() == {"clc/None": "active", "cc/foo": "standby"}
+    clc.cli("lockdown", "on")
+    wait_until(lambda: discover().get("clc/None") == "locked", 15, "the CLC to say locked")
+
+
+def test_unreachable_node_is_retried_with_backoff_then_given_up(alab: AutoregLab) -> None:
+    clc = alab.registrar("clc", "clc")
+    walrus = alab.node("walrus", "walrus")
+    alab.authorize_all()
+    assert walrus.sshd is not None
+    walrus.sshd.stop()  # its sshd is down: announced, but nobody answers on port 22
+    clc.start_daemon()
+    walrus.start_announcer()
+    rec = clc.wait_state(walrus.node_id, NodeState.UNREACHABLE)
+    assert "connection refused" in rec.reason and "retrying in" in rec.reason
+    wait_until(lambda: (r := clc.node(walrus.node_id)) is not None and r.next_attempt is None,
+               30, "giving up")
+    rec = clc.node(walrus.node_id)
+    assert rec is not None and rec.reason.startswith("gave up after 3 attempts")
+    assert [e.kind for e in clc.events(walrus.node_id)].count("ssh") == 3
