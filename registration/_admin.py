@@ -31,6 +31,7 @@ __all__ = [
     "retry_node",
     "set_lockdown",
     "status_report",
+    "wait_settled",
 ]
 
 
@@ -126,6 +127,27 @@ def retry_node(config: Config, ref: str) -> NodeRecord:
         if fresh is None:
             raise NodeNotFound(f"node {rec.node_id} was forgotten meanwhile")
         return fresh
+
+
+#: Seconds between state-store reads while waiting for a node to settle.
+WAIT_POLL_INTERVAL = 0.25
+
+
+def is_settled(rec: NodeRecord) -> bool:
+    """No further automatic progress: registered, rejected, interrupted, or given up."""
+    gave_up = rec.state in (NodeState.FAILED, NodeState.UNREACHABLE) and rec.next_attempt is None
+    return rec.state.is_final or gave_up
+
+
+def wait_settled(config: Config, node_id: str, *, timeout: float) -> NodeRecord | None:
+    """Wait (bounded) until the daemon has settled ``node_id``; its record, None if forgotten."""
+    deadline = time.monotonic() + max(0.0, timeout)
+    with open_store(config, readonly=True) as store:
+        while True:
+            current = store.get(node_id)
+            if current is None or is_settled(current) or time.monotonic() >= deadline:
+                return current
+            time.sleep(WAIT_POLL_INTERVAL)
 
 
 def daemon_status(config: Config) -> dict[str, Any] | None:

@@ -210,7 +210,7 @@ def load_config(
     explicit = path is not None or "AUTOREG_CONFIG" in env
     if path is None:
         path = Path(env.get("AUTOREG_CONFIG", str(DEFAULT_CONFIG_PATH)))
-    values: dict[str, dict[str, str]] = {section: {} for section in _SCHEMA}
+    values: dict[str, dict[str, tuple[str, str]]] = {section: {} for section in _SCHEMA}
     role_sections: dict[str, dict[str, str]] = {}
     used_path: Path | None = None
     if path.exists() or explicit:
@@ -225,9 +225,10 @@ def load_config(
     return _build(values, role_sections, used_path)
 
 
-def _read_file(
-    path: Path, values: dict[str, dict[str, str]], role_sections: dict[str, dict[str, str]]
-) -> None:
+_Values = dict[str, dict[str, tuple[str, str]]]  # section -> key -> (raw value, where from)
+
+
+def _read_file(path: Path, values: _Values, role_sections: dict[str, dict[str, str]]) -> None:
     parser = configparser.ConfigParser(
         interpolation=None, empty_lines_in_values=False, inline_comment_prefixes=("#", ";")
     )
@@ -253,34 +254,35 @@ def _read_file(
             _set(values, f"{section}.{key}", value, source=f"{path} [{section}]")
 
 
-def _set(values: dict[str, dict[str, str]], dotted: str, value: str, *, source: str) -> None:
+def _set(values: _Values, dotted: str, value: str, *, source: str) -> None:
     section, _, key = dotted.partition(".")
     if section not in _SCHEMA or key not in _SCHEMA[section]:
         known = ", ".join(sorted(_SCHEMA.get(section, {})))
         raise ConfigError(
             f"unknown key {key!r}" + (f"; known: {known}" if known else ""), source=source
         )
-    values[section][key] = value
+    values[section][key] = (value, source)
 
 
 def _build(
-    values: Mapping[str, Mapping[str, str]],
+    values: _Values,
     role_sections: Mapping[str, Mapping[str, str]],
     path: Path | None,
 ) -> Config:
     parsed: dict[str, dict[str, Any]] = {}
     for section, keys in values.items():
         parsed[section] = {}
-        for key, raw in keys.items():
+        for key, (raw, source) in keys.items():
             field, parse = _SCHEMA[section][key]
             try:
                 parsed[section][field] = parse(raw)
             except ValueError as exc:
-                raise ConfigError(
-                    f"{key} = {raw!r}: {exc}", source=f"{path or 'configuration'} [{section}]"
-                ) from exc
+                raise ConfigError(f"{key} = {raw!r}: {exc}", source=source) from exc
     top = parsed["autoreg"]
-    profile = load_profile(top.get("profile_ref", "eucalyptus"), role_sections)
+    profile = load_profile(
+        top.get("profile_ref", "eucalyptus"), role_sections,
+        overrides_source=str(path or "configuration"),
+    )
     node = NodeConfig(**parsed["node"])
     controller = ControllerConfig(**parsed["controller"])
     config = Config(path=path, node=node, controller=controller, profile=profile, **top)

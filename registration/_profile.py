@@ -54,7 +54,12 @@ class Profile:
         return tuple(sorted({r.registered_by for r in self.roles.values() if r.registered_by}))
 
 
-def load_profile(ref: str, overrides: Mapping[str, Mapping[str, str]] | None = None) -> Profile:
+def load_profile(
+    ref: str,
+    overrides: Mapping[str, Mapping[str, str]] | None = None,
+    *,
+    overrides_source: str = "configuration",
+) -> Profile:
     """Load a shipped profile by name, or a profile file by path, then apply overrides.
 
     ``overrides`` are ``[role:NAME]`` sections from the main configuration file;
@@ -84,17 +89,27 @@ def load_profile(ref: str, overrides: Mapping[str, Mapping[str, str]] | None = N
         if not section.startswith(ROLE_SECTION_PREFIX):
             raise ConfigError(f"unexpected section [{section}] in a profile", source=source)
         sections[section] = dict(parser[section])
-    sections.update(overrides or {})
-    return parse_role_sections(ref, sections, source=source)
+    sources = dict.fromkeys(sections, source)
+    for section, values in (overrides or {}).items():
+        sections[section] = values
+        sources[section] = overrides_source
+    return parse_role_sections(ref, sections, source=source, section_sources=sources)
 
 
 def parse_role_sections(
-    name: str, sections: Mapping[str, Mapping[str, str]], *, source: str
+    name: str,
+    sections: Mapping[str, Mapping[str, str]],
+    *,
+    source: str,
+    section_sources: Mapping[str, str] | None = None,
 ) -> Profile:
+    """Validate ``[role:NAME]`` sections; errors name the file each section came from."""
     roles: dict[str, RoleSpec] = {}
+    sources: dict[str, str] = {}
     for section, values in sections.items():
         role = section[len(ROLE_SECTION_PREFIX) :].strip()
-        where = f"{source} [{section}]"
+        sources[role] = (section_sources or {}).get(section, source)
+        where = f"{sources[role]} [{section}]"
         if not _ROLE_NAME_RE.fullmatch(role):
             raise ConfigError(f"invalid role name {role!r} (want [a-z][a-z0-9-]*)", source=where)
         unknown = set(values) - _ROLE_KEYS
@@ -114,15 +129,15 @@ def parse_role_sections(
             unique=unique,  # type: ignore[arg-type]  # checked above
             requires=tuple(r for r in re.split(r"[,\s]+", values.get("requires", "")) if r),
         )
-    _validate(roles, source)
+    _validate(roles, source, sources)
     return Profile(name=name, roles=roles)
 
 
-def _validate(roles: Mapping[str, RoleSpec], source: str) -> None:
+def _validate(roles: Mapping[str, RoleSpec], source: str, sources: Mapping[str, str]) -> None:
     if not roles:
         raise ConfigError("the profile defines no roles", source=source)
     for spec in roles.values():
-        where = f"{source} [{ROLE_SECTION_PREFIX}{spec.name}]"
+        where = f"{sources.get(spec.name, source)} [{ROLE_SECTION_PREFIX}{spec.name}]"
         if spec.registered_by is not None and spec.registered_by not in roles:
             raise ConfigError(
                 f"registered_by names unknown role {spec.registered_by!r}", source=where
@@ -145,6 +160,25 @@ def _validate(roles: Mapping[str, RoleSpec], source: str) -> None:
                 raise ConfigError(f"registered_by forms a cycle through {parent!r}", source=source)
             seen.add(parent)
             parent = roles[parent].registered_by
+    _check_requires_acyclic(roles, source)
+
+
+def _check_requires_acyclic(roles: Mapping[str, RoleSpec], source: str) -> None:
+    """Roles that require each other (directly or not) could never be registered."""
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            cycle = " -> ".join((*path[path.index(name):], name))
+            raise ConfigError(f"requires forms a cycle: {cycle}", source=source)
+        if name in done:
+            return
+        for req in roles[name].requires:
+            visit(req, (*path, name))
+        done.add(name)
+
+    for name in roles:
+        visit(name, ())
 
 
 def _parse_bool(value: str, where: str, key: str) -> bool:

@@ -59,6 +59,14 @@ def parse_public_key(line: str, *, source: str) -> PublicKey:
         or blob[4 : 4 + int.from_bytes(blob[:4], "big")].decode("ascii", "replace") != parts[0]
     ):
         raise KeyMaterialError(f"{source}: key type {parts[0]} does not match the key blob")
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+    try:  # the whole key must parse, not just its type prefix (a truncated .pub file)
+        load_ssh_public_key(f"{parts[0]} {parts[1]}".encode())
+    except (ValueError, TypeError) as exc:
+        raise KeyMaterialError(f"{source}: not a valid {parts[0]} public key: {exc}") from exc
+    except Exception as exc:  # cryptography raises UnsupportedAlgorithm for unknown types
+        raise KeyMaterialError(f"{source}: unsupported public key type {parts[0]}") from exc
     return PublicKey(parts[0], blob, parts[2] if len(parts) > 2 else "")
 
 

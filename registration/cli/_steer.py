@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import click
 
 from .. import _admin
 from .._exceptions import AnnouncementError, AutoregError
 from ..protocol import Announcement
 from ..state import NodeState
-from . import FOLLOW_INTERVAL, _Ctx, _errors, cli, pass_ctx
+from . import _Ctx, _errors, cli, pass_ctx
 from ._output import emit_json
 
 __all__: list[str] = []
@@ -101,19 +99,7 @@ def register(
         click.echo(f"queued {rec.role} {rec.display_name} ({rec.node_id}) for registration")
         if wait is None:
             return
-        deadline = time.monotonic() + wait
-        with _admin.open_store(config, readonly=True) as store:
-            while time.monotonic() < deadline:
-                current = store.get(rec.node_id)
-                if current is not None and (
-                    current.state.is_final
-                    or (
-                        current.state in (NodeState.FAILED, NodeState.UNREACHABLE)
-                        and current.next_attempt is None
-                    )
-                ):
-                    break
-                time.sleep(FOLLOW_INTERVAL)
+        current = _admin.wait_settled(config, rec.node_id, timeout=wait)
         state = current.state.value if current else "forgotten"
         reason = current.reason if current else ""
         click.echo(f"{rec.node_id}: {state}: {reason}")

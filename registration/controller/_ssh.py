@@ -127,11 +127,14 @@ def open_verified(target: SSHTarget, key: paramiko.PKey) -> VerifiedSession:
         options.key_types = _KEY_TYPE_ALIASES.get(target.key_type, (target.key_type,))
         try:
             transport.start_client(timeout=target.timeout)
+            # start_client() can return on timeout without raising: check for a session.
+            if not transport.is_active() or transport.remote_version is None:
+                raise paramiko.SSHException("no SSH session within the timeout")
+            host_key = transport.get_remote_server_key()
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise NodeUnreachable(
                 f"SSH handshake failed: {_describe(exc)}", host=host, port=port
             ) from exc
-        host_key = transport.get_remote_server_key()
         actual = fingerprint_of_blob(base64.b64decode(host_key.get_base64()))
         if actual != target.fingerprint:
             raise FingerprintMismatch(

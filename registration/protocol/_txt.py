@@ -259,6 +259,8 @@ def _check(pattern: re.Pattern[str], value: str, field: str) -> None:
 
 
 def _check_ip(value: str) -> None:
+    if "%" in value:  # a scoped IPv6 address names a local interface: not announceable
+        raise AnnouncementError(f"scoped address not allowed: {_shorten(value)!r}", field="ip")
     try:
         addr = ipaddress.ip_address(value)
     except ValueError as exc:

@@ -37,6 +37,8 @@ class Store:
         self.path = path
         self._lock = threading.RLock()
         try:
+            if not readonly:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
             if readonly:
                 if not path.exists():
                     raise StateError(f"{path}: no state database (has the daemon run yet?)")
@@ -45,7 +47,6 @@ class Store:
                     uri, uri=True, isolation_level=None, check_same_thread=False
                 )
             else:
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
                 self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._conn.row_factory = sqlite3.Row
             self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -55,7 +56,7 @@ class Store:
                 self._migrate()
             else:
                 self._check_version()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise StateError(f"{path}: cannot open state database: {exc}") from exc
         if not readonly:
             with contextlib.suppress(OSError):
@@ -75,21 +76,25 @@ class Store:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; sqlite errors inside it become :class:`StateError`."""
         with self._lock:
+            conn = self._conn
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
+                conn.execute("BEGIN IMMEDIATE")
             except sqlite3.DatabaseError as exc:
                 raise StateError(f"{self.path}: cannot start a transaction: {exc}") from exc
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            try:
-                self._conn.execute("COMMIT")
+                yield conn
+                conn.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
-                self._conn.execute("ROLLBACK")
-                raise StateError(f"{self.path}: commit failed: {exc}") from exc
+                # sqlite may already have rolled back (disk full): never mask the cause.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StateError(f"{self.path}: write failed: {exc}") from exc
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     def _read(
         self, sql: str, params: tuple[Any, ...] | Mapping[str, Any] = ()

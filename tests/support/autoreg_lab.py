@@ -10,10 +10,10 @@ only files).  Timing constants are shortened through configuration, not slept.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from registration.state import Event, NodeRecord, NodeState, Store
