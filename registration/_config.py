@@ -280,7 +280,8 @@ def _build(
                 raise ConfigError(f"{key} = {raw!r}: {exc}", source=source) from exc
     top = parsed["autoreg"]
     profile = load_profile(
-        top.get("profile_ref", "eucalyptus"), role_sections,
+        top.get("profile_ref", "eucalyptus"),
+        role_sections,
         overrides_source=str(path or "configuration"),
     )
     node = NodeConfig(**parsed["node"])

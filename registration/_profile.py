@@ -169,7 +169,7 @@ def _check_requires_acyclic(roles: Mapping[str, RoleSpec], source: str) -> None:
 
     def visit(name: str, path: tuple[str, ...]) -> None:
         if name in path:
-            cycle = " -> ".join((*path[path.index(name):], name))
+            cycle = " -> ".join((*path[path.index(name) :], name))
             raise ConfigError(f"requires forms a cycle: {cycle}", source=source)
         if name in done:
             return

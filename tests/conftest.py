@@ -33,8 +33,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _no_leaks() -> Iterator[None]:
     yield
-    leaked_ns = [ns for ns in netlab.leaked_namespaces()
-                 if not any(ns.startswith(lab.tag) for lab in netlab.open_labs())]
+    leaked_ns = [
+        ns
+        for ns in netlab.leaked_namespaces()
+        if not any(ns.startswith(lab.tag) for lab in netlab.open_labs())
+    ]
     leaked_pids = netlab.leaked_processes() if not netlab.open_labs() else []
     assert not leaked_ns, f"test leaked network namespaces: {leaked_ns}"
     assert not leaked_pids, f"test leaked processes: {leaked_pids}"

@@ -72,8 +72,7 @@ def test_default_topology_registers_in_dependency_order(alab: AutoregLab) -> Non
 
     # Exactly once each, and every hook reached its node with plain ssh.
     calls = hook_calls(log)
-    assert sorted(c.split()[1] for c in calls) == sorted(
-        s.node_id for s in (walrus, cc, sc, *ncs))
+    assert sorted(c.split()[1] for c in calls) == sorted(s.node_id for s in (walrus, cc, sc, *ncs))
     # Every node learnt it is registered and says so in its announcement.
     for station in (walrus, cc, sc, *ncs):
         assert station.announcer is not None
@@ -87,10 +86,14 @@ def test_default_topology_registers_in_dependency_order(alab: AutoregLab) -> Non
 
 def test_uniqueness_refusals_are_recorded_with_reason(alab: AutoregLab) -> None:
     clc = alab.registrar("clc", "clc")
-    first = {r: alab.node(f"{r}1", r, cluster="foo" if r != "walrus" else None)
-             for r in ("walrus", "cc", "sc")}
-    second = {r: alab.node(f"{r}2", r, cluster="foo" if r != "walrus" else None)
-              for r in ("walrus", "cc", "sc")}
+    first = {
+        r: alab.node(f"{r}1", r, cluster="foo" if r != "walrus" else None)
+        for r in ("walrus", "cc", "sc")
+    }
+    second = {
+        r: alab.node(f"{r}2", r, cluster="foo" if r != "walrus" else None)
+        for r in ("walrus", "cc", "sc")
+    }
     other = alab.node("cc3", "cc", cluster="bar")
     alab.authorize_all()
     clc.start_daemon()
@@ -136,8 +139,9 @@ def test_spoofed_fingerprint_is_rejected(alab: AutoregLab, tmp_path: Path) -> No
     alab.authorize_all()
     clc.hook("walrus", recording_hook(log))
     other_key = tmp_path / "other_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)],
-                   check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True
+    )
     spoof.extra = {"node": {"host_key": f"{other_key}.pub"}}
     clc.start_daemon()
     spoof.start_announcer()
@@ -149,8 +153,7 @@ def test_spoofed_fingerprint_is_rejected(alab: AutoregLab, tmp_path: Path) -> No
     assert "spoofing" in kinds and "registered" not in kinds
 
 
-def test_missing_hook_is_ignored_and_failing_hook_retried_then_failed(
-        alab: AutoregLab) -> None:
+def test_missing_hook_is_ignored_and_failing_hook_retried_then_failed(alab: AutoregLab) -> None:
     log = alab.lab.workdir / "hooks.log"
     clc = alab.registrar("clc", "clc")
     walrus = alab.node("walrus", "walrus")
@@ -186,8 +189,11 @@ def test_restart_does_not_register_again(alab: AutoregLab) -> None:
     assert clc.daemon.terminate() == 0
     clc.start_daemon()
     # The restarted daemon sees the node again (present) and leaves it registered.
-    wait_until(lambda: (r := clc.node(walrus.node_id)) is not None and r.present, 20,
-               "the node to be seen again")
+    wait_until(
+        lambda: (r := clc.node(walrus.node_id)) is not None and r.present,
+        20,
+        "the node to be seen again",
+    )
     rec = clc.node(walrus.node_id)
     assert rec is not None and rec.state is S.REGISTERED
     assert len(hook_calls(log)) == 1
@@ -200,8 +206,14 @@ def test_daemon_killed_mid_hook_is_interrupted_not_rerun(alab: AutoregLab) -> No
     clc = alab.registrar("clc", "clc")
     walrus = alab.node("walrus", "walrus")
     alab.authorize_all()
-    clc.hook("walrus", recording_hook(log, extra=f"""echo $$ > {started}
-i=0; while [ ! -e {release} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done"""))
+    clc.hook(
+        "walrus",
+        recording_hook(
+            log,
+            extra=f"""echo $$ > {started}
+i=0; while [ ! -e {release} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done""",
+        ),
+    )
     daemon = clc.start_daemon()
     walrus.start_announcer()
     wait_until(started.exists, 30, "the hook to start")
@@ -221,7 +233,8 @@ i=0; while [ ! -e {release} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done"
 
 
 def test_malformed_announcements_rejected_while_daemon_keeps_serving(
-        alab: AutoregLab, tmp_path: Path) -> None:
+    alab: AutoregLab, tmp_path: Path
+) -> None:
     clc = alab.registrar("clc", "clc")
     rogue_host = alab.lab.add_host("rogue")
     good = alab.node("walrus", "walrus")
@@ -235,24 +248,35 @@ def test_malformed_announcements_rejected_while_daemon_keeps_serving(
         "badfp": ([*base[:4], "fp=MD5:00", "state=ready", "id=badfp"], "fp: invalid value"),
         "utf8": ([*base, "id=utf8x", "hex:" + b"name=\xff".hex()], "not valid UTF-8"),
         "bool": ([*base[:4], "fp", "state=ready", "id=boolfp"], "present without a value"),
-        "huge": ([*base, "id=huge", *(f"x{i}=" + "n" * 240 for i in range(6))],
-                 "exceeds 1300"),
+        "huge": ([*base, "id=huge", *(f"x{i}=" + "n" * 240 for i in range(6))], "exceeds 1300"),
     }
     spec = [{"instance": name, "port": 22, "txt": txt} for name, (txt, _) in bad.items()]
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec))
     clc.start_daemon()
-    rogue = rogue_host.spawn([sys.executable, str(Path(__file__).parents[1] / "support"
-                                                  / "raw_publisher.py"),
-                              rogue_host.ip, str(spec_path)], log_name="rogue")
+    rogue = rogue_host.spawn(
+        [
+            sys.executable,
+            str(Path(__file__).parents[1] / "support" / "raw_publisher.py"),
+            rogue_host.ip,
+            str(spec_path),
+        ],
+        log_name="rogue",
+    )
     rogue.wait_for_log("published", 20)
 
     def rejected() -> dict[str, str]:
-        return {e.data["name"].split(".")[0]: e.message for e in clc.events()
-                if e.kind == "rejected-announcement"}
+        return {
+            e.data["name"].split(".")[0]: e.message
+            for e in clc.events()
+            if e.kind == "rejected-announcement"
+        }
 
-    wait_until(lambda: len(rejected()) == len(bad), 30,
-               lambda: f"every malformed record rejected; got {sorted(rejected())}")
+    wait_until(
+        lambda: len(rejected()) == len(bad),
+        30,
+        lambda: f"every malformed record rejected; got {sorted(rejected())}",
+    )
     got = rejected()
     for instance, (_, reason) in bad.items():
         assert reason in got[instance], got[instance]
@@ -270,9 +294,21 @@ def test_manual_registration_and_registrar_announcement(alab: AutoregLab) -> Non
     alab.authorize_all()
     clc.start_daemon()
     assert walrus.sshd is not None
-    result = clc.cli("register", "--role", "walrus", "--ip", walrus.host.ip, "--port",
-                     str(walrus.sshd.port), "--fingerprint", walrus.sshd.fingerprint,
-                     "--id", walrus.node_id, "--wait", "30")
+    result = clc.cli(
+        "register",
+        "--role",
+        "walrus",
+        "--ip",
+        walrus.host.ip,
+        "--port",
+        str(walrus.sshd.port),
+        "--fingerprint",
+        walrus.sshd.fingerprint,
+        "--id",
+        walrus.node_id,
+        "--wait",
+        "30",
+    )
     assert f"{walrus.node_id}: registered" in result.stdout
     rec = clc.node(walrus.node_id)
     assert rec is not None and rec.source == "manual"

@@ -23,8 +23,9 @@ def _workers(alab: AutoregLab) -> list[Station]:
     return workers
 
 
-@pytest.mark.parametrize("daemon_first", [False, True], ids=["burst-before-browser",
-                                                              "burst-into-browser"])
+@pytest.mark.parametrize(
+    "daemon_first", [False, True], ids=["burst-before-browser", "burst-into-browser"]
+)
 def test_burst_of_announcements_all_registered(alab: AutoregLab, daemon_first: bool) -> None:
     """A freshly started browser facing many services at once loses none of them."""
     clc = alab.registrar("clc", "clc")
@@ -57,11 +58,17 @@ def test_goodbye_marks_node_absent_and_reannouncement_is_quiet(alab: AutoregLab)
     assert announcer.terminate() == 0
     assert "goodbye sent" in announcer.log_text()
 
-    wait_until(lambda: (r := clc.node(walrus.node_id)) is not None and not r.present, 15,
-               "the goodbye to be seen")
+    wait_until(
+        lambda: (r := clc.node(walrus.node_id)) is not None and not r.present,
+        15,
+        "the goodbye to be seen",
+    )
     walrus.start_announcer()
-    wait_until(lambda: (r := clc.node(walrus.node_id)) is not None and r.present, 15,
-               "the node to come back")
+    wait_until(
+        lambda: (r := clc.node(walrus.node_id)) is not None and r.present,
+        15,
+        "the node to come back",
+    )
     rec = clc.node(walrus.node_id)
     assert rec is not None and rec.state is NodeState.REGISTERED
     assert [e.kind for e in clc.events(walrus.node_id)].count("registered") == 1
@@ -81,8 +88,9 @@ def test_registrars_announce_themselves_with_their_state(alab: AutoregLab) -> No
 
     def discover() -> dict[str, str]:
         probe.write_config()
-        out = probe.host.run(autoreg_argv("-c", str(probe.conf), "discover", "--json",
-                                          "--timeout", "1.5")).stdout
+        out = probe.host.run(
+            autoreg_argv("-c", str(probe.conf), "discover", "--json", "--timeout", "1.5")
+        ).stdout
         return {f"{r['role']}/{r['cluster']}": r["state"] for r in json.loads(out)}
 
     assert discover() == {"clc/None": "active", "cc/foo": "standby"}
@@ -100,8 +108,11 @@ def test_unreachable_node_is_retried_with_backoff_then_given_up(alab: AutoregLab
     walrus.start_announcer()
     rec = clc.wait_state(walrus.node_id, NodeState.UNREACHABLE)
     assert "connection refused" in rec.reason and "retrying in" in rec.reason
-    wait_until(lambda: (r := clc.node(walrus.node_id)) is not None and r.next_attempt is None,
-               30, "giving up")
+    wait_until(
+        lambda: (r := clc.node(walrus.node_id)) is not None and r.next_attempt is None,
+        30,
+        "giving up",
+    )
     rec = clc.node(walrus.node_id)
     assert rec is not None and rec.reason.startswith("gave up after 3 attempts")
     assert [e.kind for e in clc.events(walrus.node_id)].count("ssh") == 3

@@ -31,16 +31,18 @@ def autoreg_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "registration", *args]
 
 
-def wait_until(predicate: Callable[[], object], timeout: float,
-               what: str | Callable[[], str]) -> None:
+def wait_until(
+    predicate: Callable[[], object], timeout: float, what: str | Callable[[], str]
+) -> None:
     """Poll ``predicate`` until true; on timeout fail with ``what`` (a text or a callable)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(POLL)
-    raise AssertionError(f"timed out after {timeout}s waiting for "
-                         f"{what() if callable(what) else what}")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what() if callable(what) else what}"
+    )
 
 
 @dataclasses.dataclass
@@ -80,15 +82,29 @@ class Station:
 
     def write_config(self) -> None:
         sections: dict[str, dict[str, str]] = {
-            "autoreg": {"state_dir": str(self.state_dir), "keys_dir": str(self.keys_dir),
-                        "interfaces": self.host.ifname, "log_level": "info"},
-            "node": {"id": self.node_id, "name": self.host.name, "interface": self.host.ifname,
-                     "receipt_path": str(self.receipt), "poll_interval": "0.2"},
-            "controller": {"hooks_dir": str(self.hooks_dir), "connect_timeout": "3",
-                           "retry_initial": "0.5", "retry_max": "2", "max_attempts": "3",
-                           "hook_timeout": "20",
-                           "node_receipt_path": str(self.lab.node_dir("{id}") / "receipt.json"),
-                           "credentials_dir": str(self.host.workdir / "credentials")},
+            "autoreg": {
+                "state_dir": str(self.state_dir),
+                "keys_dir": str(self.keys_dir),
+                "interfaces": self.host.ifname,
+                "log_level": "info",
+            },
+            "node": {
+                "id": self.node_id,
+                "name": self.host.name,
+                "interface": self.host.ifname,
+                "receipt_path": str(self.receipt),
+                "poll_interval": "0.2",
+            },
+            "controller": {
+                "hooks_dir": str(self.hooks_dir),
+                "connect_timeout": "3",
+                "retry_initial": "0.5",
+                "retry_max": "2",
+                "max_attempts": "3",
+                "hook_timeout": "20",
+                "node_receipt_path": str(self.lab.node_dir("{id}") / "receipt.json"),
+                "credentials_dir": str(self.host.workdir / "credentials"),
+            },
         }
         if self.role:
             sections["node"]["role"] = self.role
@@ -101,35 +117,46 @@ class Station:
             sections["controller"]["role"] = self.registrar_role
         for section, values in self.extra.items():
             sections.setdefault(section, {}).update(values)
-        text = "".join(f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()) + "\n"
-                       for name, values in sections.items())
+        text = "".join(
+            f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()) + "\n"
+            for name, values in sections.items()
+        )
         self.conf.write_text(text)
 
     # -- processes -------------------------------------------------------------------
 
     def start_announcer(self, *, wait: bool = True) -> Proc:
         self.write_config()
-        self.announcer = self.host.spawn(autoreg_argv("-c", str(self.conf), "announce"),
-                                         log_name="announce")
+        self.announcer = self.host.spawn(
+            autoreg_argv("-c", str(self.conf), "announce"), log_name="announce"
+        )
         if wait:
             self.announcer.wait_for_log(r"announced ", DEFAULT_TIMEOUT)
         return self.announcer
 
     def start_daemon(self) -> Proc:
         self.write_config()
-        self.daemon = self.host.spawn(autoreg_argv("-c", str(self.conf), "daemon"),
-                                      log_name="daemon")
+        self.daemon = self.host.spawn(
+            autoreg_argv("-c", str(self.conf), "daemon"), log_name="daemon"
+        )
         self.daemon.wait_for_log(r"registrar \S+ started", DEFAULT_TIMEOUT)
         return self.daemon
 
-    def cli(self, *args: str, check: bool = True, timeout: float = 30
-            ) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
         self.write_config()
-        result = subprocess.run(autoreg_argv("-c", str(self.conf), *args), capture_output=True,
-                                text=True, timeout=timeout, check=False)
+        result = subprocess.run(
+            autoreg_argv("-c", str(self.conf), *args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"autoreg {' '.join(args)} exited {result.returncode}: "
-                                 f"{result.stderr}")
+            raise AssertionError(
+                f"autoreg {' '.join(args)} exited {result.returncode}: {result.stderr}"
+            )
         return result
 
     def hook(self, role: str, script: str) -> Path:
@@ -152,8 +179,9 @@ class Station:
         with Store(self.state_dir / "autoreg.db", readonly=True) as store:
             return store.events(node_id=node_id, limit=100000)
 
-    def wait_state(self, node_id: str, *states: NodeState,
-                   timeout: float = DEFAULT_TIMEOUT) -> NodeRecord:
+    def wait_state(
+        self, node_id: str, *states: NodeState, timeout: float = DEFAULT_TIMEOUT
+    ) -> NodeRecord:
         deadline = time.monotonic() + timeout
         rec = None
         while time.monotonic() < deadline:
@@ -162,8 +190,10 @@ class Station:
                 return rec
             time.sleep(POLL)
         log = self.daemon.log_text()[-3000:] if self.daemon else ""
-        raise AssertionError(f"{node_id} not in {[s.value for s in states]} after {timeout}s: "
-                             f"{rec}\n--- daemon log ---\n{log}")
+        raise AssertionError(
+            f"{node_id} not in {[s.value for s in states]} after {timeout}s: "
+            f"{rec}\n--- daemon log ---\n{log}"
+        )
 
 
 class AutoregLab:
@@ -177,8 +207,9 @@ class AutoregLab:
     def node_dir(self, node_id: str) -> Path:
         return self.lab.workdir / "nodes" / node_id
 
-    def registrar(self, name: str, role: str, *, cluster: str | None = None,
-                  node_role: str | None = None) -> Station:
+    def registrar(
+        self, name: str, role: str, *, cluster: str | None = None, node_role: str | None = None
+    ) -> Station:
         """A registrar host; with ``node_role`` it is a node too (e.g. a CC)."""
         station = self._station(name, node_role, cluster, with_sshd=node_role is not None)
         station.registrar_role = role
@@ -190,11 +221,13 @@ class AutoregLab:
     def node(self, name: str, role: str, *, cluster: str | None = None) -> Station:
         return self._station(name, role, cluster, with_sshd=True)
 
-    def _station(self, name: str, role: str | None, cluster: str | None, *,
-                 with_sshd: bool) -> Station:
+    def _station(
+        self, name: str, role: str | None, cluster: str | None, *, with_sshd: bool
+    ) -> Station:
         host = self.lab.add_host(name)
-        station = Station(self, host, node_id=f"{name}-{host.ip.split('.')[-1]}x", role=role,
-                          cluster=cluster)
+        station = Station(
+            self, host, node_id=f"{name}-{host.ip.split('.')[-1]}x", role=role, cluster=cluster
+        )
         if with_sshd:
             station.sshd = host.start_sshd(authorized_keys=list(self._authorized))
             self.node_dir(station.node_id).mkdir(parents=True, exist_ok=True)
@@ -206,4 +239,5 @@ class AutoregLab:
         for station in self.stations.values():
             if station.sshd is not None:
                 station.sshd.authorized_keys_path.write_text(
-                    "".join(f"{k}\n" for k in self._authorized))
+                    "".join(f"{k}\n" for k in self._authorized)
+                )

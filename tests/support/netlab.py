@@ -27,8 +27,17 @@ from pathlib import Path
 from types import TracebackType
 
 __all__ = [
-    "CommandError", "FirewallUnavailable", "Host", "Lab", "LabError", "LabUnavailable", "Proc",
-    "Sshd", "leaked_namespaces", "leaked_processes", "open_labs",
+    "CommandError",
+    "FirewallUnavailable",
+    "Host",
+    "Lab",
+    "LabError",
+    "LabUnavailable",
+    "Proc",
+    "Sshd",
+    "leaked_namespaces",
+    "leaked_processes",
+    "open_labs",
 ]
 
 SUBNET_PREFIX = "198.18"
@@ -125,14 +134,22 @@ def _merged_env(env: dict[str, str] | None) -> dict[str, str]:
 
 
 def _run(
-    argv: Sequence[str], *, timeout: float, check: bool = True,
-    env: dict[str, str] | None = None, input: bytes | None = None,
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    input: bytes | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run argv in its own session with captured output; kill the whole group on timeout."""
     argv = list(argv)
     with subprocess.Popen(
-        argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True,
+        argv,
+        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
     ) as p:
         try:
             out, err = p.communicate(input, timeout=timeout)
@@ -163,7 +180,8 @@ def _namespace_members(netns: str) -> list[int]:
     if target is None:
         return []
     return [
-        int(e) for e in os.listdir("/proc")
+        int(e)
+        for e in os.listdir("/proc")
         if e.isdigit() and int(e) != os.getpid() and _ns_id(f"/proc/{e}/ns/net") == target
     ]
 
@@ -309,8 +327,15 @@ class Sshd:
     """A real OpenSSH server listening on exactly ``address:port`` inside a host namespace."""
 
     def __init__(
-        self, proc: Proc, *, host_key_path: Path, fingerprint: str, port: int, address: str,
-        config_path: Path, authorized_keys_path: Path,
+        self,
+        proc: Proc,
+        *,
+        host_key_path: Path,
+        fingerprint: str,
+        port: int,
+        address: str,
+        config_path: Path,
+        authorized_keys_path: Path,
     ) -> None:
         self.proc = proc
         self.host_key_path = host_key_path
@@ -360,8 +385,13 @@ class Host:
         return [self.lab.ip_bin, "netns", "exec", self.netns, *argv]
 
     def run(
-        self, argv: list[str], *, timeout: float = 30, check: bool = True,
-        env: dict[str, str] | None = None, input: bytes | None = None,
+        self,
+        argv: list[str],
+        *,
+        timeout: float = 30,
+        check: bool = True,
+        env: dict[str, str] | None = None,
+        input: bytes | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
         """Run ``argv`` inside the namespace, output captured, killed after ``timeout``.
 
@@ -382,8 +412,12 @@ class Host:
         with log_path.open("ab") as log:
             offset = log.tell()
             popen = subprocess.Popen(
-                full, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=_merged_env(env), start_new_session=True,
+                full,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=_merged_env(env),
+                start_new_session=True,
             )
         proc = Proc(popen, log_path, offset, list(argv))
         with _lock:
@@ -392,7 +426,11 @@ class Host:
         return proc
 
     def start_sshd(
-        self, *, port: int = 22, authorized_keys: Sequence[str] = (), key_type: str = "ed25519",
+        self,
+        *,
+        port: int = 22,
+        authorized_keys: Sequence[str] = (),
+        key_type: str = "ed25519",
         ready_timeout: float = 15,
     ) -> Sshd:
         """Start ``sshd -D -e`` bound to ``<ip>:<port>`` only, with a freshly generated host key."""
@@ -409,29 +447,40 @@ class Host:
         auth.write_text("".join(line.rstrip("\n") + "\n" for line in authorized_keys))
         auth.chmod(0o600)
         config = self.workdir / f"sshd{port}_config"
-        config.write_text("\n".join([
-            f"ListenAddress {self.ip}:{port}",
-            f"HostKey {key}",
-            f"PidFile {self.workdir / f'sshd{port}.pid'}",
-            f"AuthorizedKeysFile {auth}",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "PubkeyAuthentication yes",
-            "PermitRootLogin prohibit-password",
-            "StrictModes no",
-            "UsePAM no",
-            "Subsystem sftp internal-sftp",
-            "LogLevel VERBOSE",
-            "",
-        ]))
+        config.write_text(
+            "\n".join(
+                [
+                    f"ListenAddress {self.ip}:{port}",
+                    f"HostKey {key}",
+                    f"PidFile {self.workdir / f'sshd{port}.pid'}",
+                    f"AuthorizedKeysFile {auth}",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PubkeyAuthentication yes",
+                    "PermitRootLogin prohibit-password",
+                    "StrictModes no",
+                    "UsePAM no",
+                    "Subsystem sftp internal-sftp",
+                    "LogLevel VERBOSE",
+                    "",
+                ]
+            )
+        )
         proc = self.spawn([SSHD, "-D", "-e", "-f", str(config)], log_name=f"sshd{port}")
         try:
             proc.wait_for_log(r"Server listening on", ready_timeout)
         except AssertionError:
             proc.terminate(5)
             raise
-        return Sshd(proc, host_key_path=key, fingerprint=fields[1], port=port, address=self.ip,
-                    config_path=config, authorized_keys_path=auth)
+        return Sshd(
+            proc,
+            host_key_path=key,
+            fingerprint=fields[1],
+            port=port,
+            address=self.ip,
+            config_path=config,
+            authorized_keys_path=auth,
+        )
 
     def _firewall(self, port: int, block: bool) -> None:
         if not 0 < port < 65536:
@@ -503,8 +552,12 @@ class Lab:
     def __enter__(self) -> Lab:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if exc_type is None:
             self.close()
             return

@@ -36,10 +36,14 @@ async def main(ip: str, spec_path: str) -> None:
     aiozc = AsyncZeroconf(interfaces=[ip], ip_version=IPVersion.V4Only)
     infos = []
     for n, item in enumerate(spec):
-        info = AsyncServiceInfo(SERVICE_TYPE, f"{item['instance']}.{SERVICE_TYPE}",
-                                addresses=[socket.inet_aton(ip)], port=item["port"],
-                                properties=_txt_bytes(item["txt"]),
-                                server=f"raw-{n}.local.")
+        info = AsyncServiceInfo(
+            SERVICE_TYPE,
+            f"{item['instance']}.{SERVICE_TYPE}",
+            addresses=[socket.inet_aton(ip)],
+            port=item["port"],
+            properties=_txt_bytes(item["txt"]),
+            server=f"raw-{n}.local.",
+        )
         await (await aiozc.async_register_service(info, cooperating_responders=True))
         infos.append(info)
     print(f"published {len(infos)}", flush=True)

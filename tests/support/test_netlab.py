@@ -59,8 +59,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _netns_list() -> str:
-    return subprocess.run(["ip", "netns", "list"], capture_output=True, timeout=10, check=True,
-                          text=True).stdout
+    return subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, timeout=10, check=True, text=True
+    ).stdout
 
 
 def _assert_gone(namespaces: list[str], pids: list[int]) -> None:
@@ -97,22 +98,27 @@ def test_hosts_reach_each_other(lab: Lab) -> None:
         sshd = b.start_sshd()
         assert _tcp_connect(a, b.ip, sshd.port).startswith("SSH-2.0-OpenSSH")
     # Nothing of the lab is visible in the root namespace.
-    root_links = subprocess.run(["ip", "-o", "link"], capture_output=True, timeout=10,
-                                check=True, text=True).stdout
+    root_links = subprocess.run(
+        ["ip", "-o", "link"], capture_output=True, timeout=10, check=True, text=True
+    ).stdout
     assert lab.tag not in root_links and "p1-a" not in root_links
 
 
 def test_sshd_keyscan_login_and_fingerprint(lab: Lab, tmp_path: Path) -> None:
     a, b = lab.add_host("a"), lab.add_host("b")
     client_key = tmp_path / "client_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(client_key)],
-                   check=True, timeout=30)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(client_key)],
+        check=True,
+        timeout=30,
+    )
     sshd = b.start_sshd(port=2222, authorized_keys=[client_key.with_suffix(".pub").read_text()])
     assert (sshd.address, sshd.port) == (b.ip, 2222) and sshd.proc.alive()
     pub = sshd.host_key_path.with_suffix(".pub")
     assert sshd.host_key_path.is_file() and pub.is_file()
-    expected = subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, check=True,
-                              timeout=10, text=True).stdout.split()[1]
+    expected = subprocess.run(
+        ["ssh-keygen", "-lf", str(pub)], capture_output=True, check=True, timeout=10, text=True
+    ).stdout.split()[1]
     assert sshd.fingerprint == expected and sshd.fingerprint.startswith("SHA256:")
     config = sshd.config_path.read_text()
     assert "0.0.0.0" not in config and config.count("ListenAddress") == 1
@@ -129,9 +135,27 @@ def test_sshd_keyscan_login_and_fingerprint(lab: Lab, tmp_path: Path) -> None:
 
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text(sshd.known_hosts_line() + "\n")
-    login = a.run(["ssh", "-i", str(client_key), "-p", "2222", "-o", "BatchMode=yes",
-                   "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
-                   "-o", "ConnectTimeout=5", f"root@{b.ip}", "echo", "logged-in"], timeout=20)
+    login = a.run(
+        [
+            "ssh",
+            "-i",
+            str(client_key),
+            "-p",
+            "2222",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"UserKnownHostsFile={known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "ConnectTimeout=5",
+            f"root@{b.ip}",
+            "echo",
+            "logged-in",
+        ],
+        timeout=20,
+    )
     assert login.stdout.decode().strip() == "logged-in"
     sshd.proc.wait_for_log(r"Accepted publickey for root", 5)
     assert sshd.stop() is not None and not sshd.proc.alive()
@@ -150,8 +174,9 @@ def test_multicast_between_hosts(lab: Lab) -> None:
 
 def test_proc_helpers(lab: Lab) -> None:
     h = lab.add_host("h")
-    p = h.spawn(["sh", "-c", "echo hello; echo $FOO; exec sleep 30"], env={"FOO": "bar"},
-                log_name="sleeper")
+    p = h.spawn(
+        ["sh", "-c", "echo hello; echo $FOO; exec sleep 30"], env={"FOO": "bar"}, log_name="sleeper"
+    )
     p.wait_for_log(r"^bar$", 5)
     assert p.log_path == h.workdir / "sleeper.log" and "hello" in p.log_text()
     with pytest.raises(AssertionError, match=r"(?s)timed out.*hello"):
@@ -179,8 +204,9 @@ def test_close_removes_namespaces_and_processes(tmp_path: Path) -> None:
         assert all(n in _netns_list() for n in namespaces)
         sleeper = hosts[0].spawn(["sleep", "300"], log_name="sleep")
         # A child that escapes into its own session: only the namespace sweep can find it.
-        escaper = hosts[1].spawn(["sh", "-c", "setsid sleep 300 & echo child=$!; exec sleep 300"],
-                                 log_name="escape")
+        escaper = hosts[1].spawn(
+            ["sh", "-c", "setsid sleep 300 & echo child=$!; exec sleep 300"], log_name="escape"
+        )
         child = int(escaper.wait_for_log(r"child=(\d+)", 5).group(1))
         pids = [sleeper.pid, escaper.pid, child]
         assert set(pids) <= set(netlab.leaked_processes())
@@ -248,8 +274,13 @@ print(lab.tag, proc.pid, flush=True)
 
 def test_atexit_closes_forgotten_lab(tmp_path: Path) -> None:
     tests_dir = str(Path(netlab.__file__).resolve().parent.parent)
-    out = subprocess.run([PY, "-c", ATEXIT_CHILD, tests_dir, str(tmp_path / "lab")],
-                         capture_output=True, check=True, timeout=30, text=True).stdout
+    out = subprocess.run(
+        [PY, "-c", ATEXIT_CHILD, tests_dir, str(tmp_path / "lab")],
+        capture_output=True,
+        check=True,
+        timeout=30,
+        text=True,
+    ).stdout
     tag, pid = out.split()
     assert tag.startswith("ar") and tag not in _netns_list()
     assert not _pid_alive(int(pid))
