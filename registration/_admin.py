@@ -61,30 +61,11 @@ def manual_register(config: Config, ann: Announcement) -> NodeRecord:
                 f"node {ann.node_id} is already {existing.state.value}; "
                 f"`autoreg forget {ann.node_id}` first to register it anew"
             )
-        now = time.time()
-        rec = NodeRecord(
-            node_id=ann.node_id,
-            role=ann.role,
-            cluster=ann.cluster,
-            name=ann.name,
-            ip=ann.ip,
-            port=ann.port,
-            fingerprint=ann.fingerprint,
-            key_type=ann.key_type,
-            announced_state=ann.state,
+        rec = NodeRecord.new(
+            ann,
             source="manual",
-            present=True,
-            state=NodeState.SEEN,
+            now=time.time(),
             reason="registered manually; waiting for the daemon",
-            attempts=0,
-            next_attempt=None,
-            path=None,
-            hook_pid=None,
-            resumed=False,
-            first_seen=now,
-            last_seen=now,
-            updated=now,
-            registered_at=None,
         )
         return store.save(
             rec,

@@ -38,10 +38,9 @@ from ..protocol import (
     RegistrarState,
     decode_node,
     encode_registrar,
-    instance_name,
 )
 from ..state import GLOBAL_SCOPE, NodeRecord, NodeState, Store
-from ..transport import Published, ResolvedService, Transport, create_transport
+from ..transport import Publication, ResolvedService, Transport, create_transport
 from ._registration import Registration
 from ._rules import Registrar, decide, owns
 from ._ssh import load_private_key
@@ -92,7 +91,7 @@ class Daemon:
         self._names: dict[str, str] = {}
         self._receipt_sent: dict[str, float] = {}
         self._self_registered = True
-        self._published: Published | None = None
+        self._publication: Publication | None = None
         self._registrar_state = ""
         self._lockdown: Mapping[str, bool] = {}
         self._key: paramiko.PKey | None = None
@@ -159,8 +158,8 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._transport is not None:
-            if self._published is not None:
-                await self._transport.async_withdraw(self._published)
+            if self._publication is not None:
+                await self._publication.async_withdraw()
             await self._transport.async_close()
         if self._store is not None:
             await self._db.run(self._store.add_event, None, "daemon", "registrar stopped")
@@ -227,30 +226,7 @@ class Daemon:
         rec = await self._db.run(self.store.get, ann.node_id)
         now = time.time()
         if rec is None:
-            rec = NodeRecord(
-                node_id=ann.node_id,
-                role=ann.role,
-                cluster=ann.cluster,
-                name=ann.name,
-                ip=ann.ip,
-                port=ann.port,
-                fingerprint=ann.fingerprint,
-                key_type=ann.key_type,
-                announced_state=ann.state,
-                source=source,
-                present=True,
-                state=NodeState.SEEN,
-                reason="announced",
-                attempts=0,
-                next_attempt=None,
-                path=None,
-                hook_pid=None,
-                resumed=False,
-                first_seen=now,
-                last_seen=now,
-                updated=now,
-                registered_at=None,
-            )
+            rec = NodeRecord.new(ann, source=source, reason="announced", now=now)
             where = f" of cluster {ann.cluster}" if ann.cluster else ""
             await self._db.run(
                 self.store.save,
@@ -545,19 +521,15 @@ class Daemon:
             cluster=self.cluster,
             name=self.identity.name,
         )
-        txt = encode_registrar(ann)
-        if self._published is None:
-            self._published = await self._transport.async_publish(
+        if self._publication is None:
+            self._publication = Publication(
+                self._transport,
                 CONTROLLER_SERVICE_TYPE,
-                instance_name(self.role, ann.node_id),
-                host=f"autoreg-{ann.node_id}.local.",
-                ip=ann.ip,
-                port=ann.port,
-                txt=txt,
+                role=self.role,
+                node_id=ann.node_id,
                 probe=self.config.node.probe,
             )
-        else:
-            await self._transport.async_update(self._published, ip=ann.ip, port=ann.port, txt=txt)
+        await self._publication.async_set(ip=ann.ip, port=ann.port, txt=encode_registrar(ann))
         self._registrar_state = state
 
     def _current_registrar_state(self) -> RegistrarState:
@@ -573,7 +545,10 @@ class Daemon:
 
     async def _update_announcement(self) -> None:
         self._lockdown = await self._db.run(self.store.lockdown)
-        if self._published is not None and self._current_registrar_state() != self._registrar_state:
+        if (
+            self._publication is not None
+            and self._current_registrar_state() != self._registrar_state
+        ):
             await self._announce_self()
             self._write_status()
 

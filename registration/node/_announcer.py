@@ -11,20 +11,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Final
 
 from .._config import Config
 from .._exceptions import AutoregError
-from ..protocol import NODE_SERVICE_TYPE, Announcement, encode_node, instance_name
-from ..transport import Published, Transport, create_transport
+from ..protocol import NODE_SERVICE_TYPE, Announcement, encode_node
+from ..transport import Publication, Transport, create_transport
 from ._identity import NodeIdentity, self_registration_state
 
 __all__ = ["Announcer"]
 
 log = logging.getLogger(__name__)
-
-#: Upper bound on one publish/update round trip before it is reported as stuck.
-PUBLISH_TIMEOUT: Final = 30.0
 
 
 class Announcer:
@@ -33,7 +29,7 @@ class Announcer:
     def __init__(self, config: Config, *, transport: Transport | None = None) -> None:
         self.config = config
         self._transport = transport
-        self._published: Published | None = None
+        self._publication: Publication | None = None
         self._current: Announcement | None = None
         self._stopping = asyncio.Event()
 
@@ -50,6 +46,13 @@ class Announcer:
         ann = self._snapshot()
         if self._transport is None:
             self._transport = create_transport(self.config, bind=ann.ip)
+        self._publication = Publication(
+            self._transport,
+            NODE_SERVICE_TYPE,
+            role=ann.role,
+            node_id=ann.node_id,
+            probe=self.config.node.probe,
+        )
         await self._transport.async_start()
         try:
             await self._publish(ann)
@@ -63,37 +66,17 @@ class Announcer:
                 except AutoregError as exc:  # e.g. interface lost its address: keep going
                     log.warning("cannot refresh the announcement: %s", exc)
         finally:
-            if self._published is not None:
-                await self._transport.async_withdraw(self._published)
-                log.info("withdrew %s (goodbye sent)", self._published.info.name)
+            if await self._publication.async_withdraw():
+                log.info("withdrew %s (goodbye sent)", self._publication.name)
             await self._transport.async_close()
 
     async def _publish(self, ann: Announcement) -> None:
-        assert self._transport is not None
+        assert self._publication is not None
         if ann == self._current:
             return
-        txt = encode_node(ann)
         started = time.monotonic()
-        if self._published is None:
-            self._published = await asyncio.wait_for(
-                self._transport.async_publish(
-                    NODE_SERVICE_TYPE,
-                    instance_name(ann.role, ann.node_id),
-                    host=f"autoreg-{ann.node_id}.local.",
-                    ip=ann.ip,
-                    port=ann.port,
-                    txt=txt,
-                    probe=self.config.node.probe,
-                ),
-                PUBLISH_TIMEOUT,
-            )
-            verb = "announced"
-        else:
-            await asyncio.wait_for(
-                self._transport.async_update(self._published, ip=ann.ip, port=ann.port, txt=txt),
-                PUBLISH_TIMEOUT,
-            )
-            verb = "re-announced"
+        first = await self._publication.async_set(ip=ann.ip, port=ann.port, txt=encode_node(ann))
+        verb = "announced" if first else "re-announced"
         self._current = ann
         where = f" of cluster {ann.cluster}" if ann.cluster else ""
         log.info(

@@ -6,7 +6,10 @@ import dataclasses
 import enum
 import json
 import sqlite3
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..protocol import Announcement
 
 __all__ = ["Event", "NodeRecord", "NodeState"]
 
@@ -62,6 +65,34 @@ class NodeRecord:
         values["resumed"] = bool(values["resumed"])
         values["state"] = NodeState(values["state"])
         return cls(**values)
+
+    @classmethod
+    def new(cls, ann: Announcement, *, source: str, reason: str, now: float) -> NodeRecord:
+        """A node seen for the first time (announced, or registered by hand)."""
+        return cls(
+            node_id=ann.node_id,
+            role=ann.role,
+            cluster=ann.cluster,
+            name=ann.name,
+            ip=ann.ip,
+            port=ann.port,
+            fingerprint=ann.fingerprint,
+            key_type=ann.key_type,
+            announced_state=ann.state,
+            source=source,
+            present=True,
+            state=NodeState.SEEN,
+            reason=reason,
+            attempts=0,
+            next_attempt=None,
+            path=None,
+            hook_pid=None,
+            resumed=False,
+            first_seen=now,
+            last_seen=now,
+            updated=now,
+            registered_at=None,
+        )
 
     @property
     def display_name(self) -> str:

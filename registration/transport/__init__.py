@@ -5,10 +5,13 @@ from __future__ import annotations
 from .._config import Config
 from .._netif import resolve_interfaces
 from ._base import Transport
+from ._publication import PUBLISH_TIMEOUT, Publication
 from ._zeroconf import BrowseListener, Published, ResolvedService, ZeroconfTransport
 
 __all__ = [
+    "PUBLISH_TIMEOUT",
     "BrowseListener",
+    "Publication",
     "Published",
     "ResolvedService",
     "Transport",

@@ -1,0 +1,64 @@
+"""One service this process announces: published on first set, updated after, withdrawn."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Final
+
+from ..protocol import instance_name
+from ._base import Transport
+from ._zeroconf import Published
+
+__all__ = ["PUBLISH_TIMEOUT", "Publication"]
+
+#: Upper bound on one publish/update round trip before it is reported as stuck.
+PUBLISH_TIMEOUT: Final = 30.0
+
+
+class Publication:
+    """A node's or registrar's own record (``<role>-<id>`` on host ``autoreg-<id>.local.``)."""
+
+    def __init__(
+        self, transport: Transport, service_type: str, *, role: str, node_id: str, probe: bool
+    ) -> None:
+        self._transport = transport
+        self._type = service_type
+        self._instance = instance_name(role, node_id)
+        self._host = f"autoreg-{node_id}.local."
+        self._probe = probe
+        self._published: Published | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self._instance}.{self._type}"
+
+    async def async_set(self, *, ip: str, port: int, txt: Mapping[str, str]) -> bool:
+        """Publish or update; True when this call published for the first time."""
+        if self._published is None:
+            self._published = await asyncio.wait_for(
+                self._transport.async_publish(
+                    self._type,
+                    self._instance,
+                    host=self._host,
+                    ip=ip,
+                    port=port,
+                    txt=txt,
+                    probe=self._probe,
+                ),
+                PUBLISH_TIMEOUT,
+            )
+            return True
+        await asyncio.wait_for(
+            self._transport.async_update(self._published, ip=ip, port=port, txt=txt),
+            PUBLISH_TIMEOUT,
+        )
+        return False
+
+    async def async_withdraw(self) -> bool:
+        """Send goodbye packets; True when there was something to withdraw."""
+        if self._published is None:
+            return False
+        published, self._published = self._published, None
+        await self._transport.async_withdraw(published)
+        return True
