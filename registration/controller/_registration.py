@@ -8,6 +8,7 @@ the daemon's ``record`` callback, which writes state and event atomically.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -75,10 +76,9 @@ class Registration:
 
     async def register(self, rec: NodeRecord) -> NodeRecord:
         """Register ``rec`` (already committed as ``registering``); returns the final record."""
-        ctl = self._config.controller
         attempt = rec.attempts + 1
         try:
-            session = await self._connect(rec)
+            session = await self._connect(rec, authenticate=False)
         except FingerprintMismatch as exc:
             return await self._record(
                 rec,
@@ -91,54 +91,84 @@ class Registration:
             )
         except SSHError as exc:
             return await self._retry(rec, NodeState.UNREACHABLE, str(exc), attempt, kind="ssh")
+        # The host key is verified: the hook may start.  Logging in with the controller
+        # key (needed for the receipt) runs meanwhile, so it adds no latency.
+        auth = asyncio.ensure_future(self._authenticate(session))
         try:
-            files = self._write_access_files(rec, session)
-            try:
-                hook = find_hook(ctl.hooks_dir, rec.role)
-            except HookError as exc:
-                return await self._retry(rec, NodeState.FAILED, str(exc), attempt, kind="hook")
-            result: HookResult | None = None
-            if hook is not None:
-                await self._record(
-                    rec,
-                    NodeState.REGISTERING,
-                    f"running hook {hook}",
-                    kind="hook-start",
-                    hook_pid=0,
-                    attempts=attempt,
-                )
-                result = await run_hook(
-                    hook,
-                    self._hook_env(rec, files, attempt),
-                    timeout=ctl.hook_timeout,
-                    on_start=lambda pid: self._note_pid(rec, pid),
-                )
-                if not result.ok:
-                    return await self._hook_failed(rec, result, attempt)
-            receipt_error = await self._deliver_receipt(rec, session)
-            reason = (
-                "hook succeeded"
-                if result
-                else f"no hook {ctl.hooks_dir / rec.role}: nothing to run"
-            )
-            if receipt_error:
-                reason += f"; receipt not delivered yet ({receipt_error})"
-            data = _hook_data(result) if result else {"hook": None}
-            return await self._record(
-                rec,
-                NodeState.REGISTERED,
-                reason,
-                kind="registered",
-                data=data,
-                attempts=attempt,
-                registered_at=time.time(),
-                next_attempt=None,
-                hook_pid=None,
-                resumed=False,
-                path="direct",
-            )
+            return await self._register_verified(rec, session, auth, attempt)
         finally:
+            if not auth.done():
+                auth.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await auth
             session.close()
+
+    async def _register_verified(
+        self,
+        rec: NodeRecord,
+        session: VerifiedSession,
+        auth: asyncio.Future[SSHError | None],
+        attempt: int,
+    ) -> NodeRecord:
+        ctl = self._config.controller
+        files = self._write_access_files(rec, session)
+        try:
+            hook = find_hook(ctl.hooks_dir, rec.role)
+        except HookError as exc:
+            return await self._retry(rec, NodeState.FAILED, str(exc), attempt, kind="hook")
+        result: HookResult | None = None
+        if hook is None:
+            auth_error = await auth
+            if auth_error is not None:  # nothing ran yet: retry as unreachable
+                return await self._retry(
+                    rec, NodeState.UNREACHABLE, str(auth_error), attempt, kind="ssh"
+                )
+        else:
+            await self._record(
+                rec,
+                NodeState.REGISTERING,
+                f"running hook {hook}",
+                kind="hook-start",
+                hook_pid=0,
+                attempts=attempt,
+            )
+            result = await run_hook(
+                hook,
+                self._hook_env(rec, files, attempt),
+                timeout=ctl.hook_timeout,
+                on_start=lambda pid: self._note_pid(rec, pid),
+            )
+            if not result.ok:
+                return await self._hook_failed(rec, result, attempt)
+            auth_error = await auth
+        receipt_error = str(auth_error) if auth_error else await self._deliver_receipt(rec, session)
+        reason = (
+            "hook succeeded" if result else f"no hook {ctl.hooks_dir / rec.role}: nothing to run"
+        )
+        if receipt_error:
+            reason += f"; receipt not delivered yet ({receipt_error})"
+        data = _hook_data(result) if result else {"hook": None}
+        return await self._record(
+            rec,
+            NodeState.REGISTERED,
+            reason,
+            kind="registered",
+            data=data,
+            attempts=attempt,
+            registered_at=time.time(),
+            next_attempt=None,
+            hook_pid=None,
+            resumed=False,
+            path="direct",
+        )
+
+    async def _authenticate(self, session: VerifiedSession) -> SSHError | None:
+        try:
+            key = await self._io.run(self._key)
+            await self._io.run(session.authenticate, key)
+        except SSHError as exc:
+            return exc
+        return None
 
     async def redeliver_receipt(self, rec: NodeRecord) -> str | None:
         """Leave the receipt again on a registered node that still announces ``ready``."""
@@ -153,7 +183,7 @@ class Registration:
 
     # -- steps -------------------------------------------------------------------
 
-    async def _connect(self, rec: NodeRecord) -> VerifiedSession:
+    async def _connect(self, rec: NodeRecord, *, authenticate: bool = True) -> VerifiedSession:
         ctl = self._config.controller
         target = SSHTarget(
             host=rec.ip,
@@ -163,7 +193,7 @@ class Registration:
             user=ctl.ssh_user,
             timeout=ctl.connect_timeout,
         )
-        key = await self._io.run(self._key)
+        key = await self._io.run(self._key) if authenticate else None
         return await self._io.run(open_verified, target, key)
 
     async def _deliver_receipt(self, rec: NodeRecord, session: VerifiedSession) -> str | None:
@@ -350,7 +380,5 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
+        fh.write(text)  # regenerated on every attempt: atomic, but no fsync needed
     os.replace(tmp, path)

@@ -84,6 +84,23 @@ class VerifiedSession:
         """The verified key as ``type base64`` (for a known_hosts file)."""
         return f"{self.host_key.get_name()} {self.host_key.get_base64()}"
 
+    def authenticate(self, key: paramiko.PKey) -> None:
+        """Log in as the target's user with the controller key."""
+        host, port, user = self.target.host, self.target.port, self.target.user
+        try:
+            self._transport.auth_publickey(user, key)
+        except paramiko.AuthenticationException as exc:
+            raise SSHError(
+                f"the node refused the controller key for user {user!r} "
+                "(is CONTROLLER_KEY in its authorized_keys?)",
+                host=host,
+                port=port,
+            ) from exc
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise NodeUnreachable(
+                f"authentication failed: {_describe(exc)}", host=host, port=port
+            ) from exc
+
     def alive(self) -> bool:
         return self._transport.is_active() and self._transport.is_authenticated()
 
@@ -112,8 +129,13 @@ class VerifiedSession:
             ) from exc
 
 
-def open_verified(target: SSHTarget, key: paramiko.PKey) -> VerifiedSession:
-    """Connect, check the host key against the announced fingerprint, authenticate."""
+def open_verified(target: SSHTarget, key: paramiko.PKey | None) -> VerifiedSession:
+    """Connect and check the host key against the announced fingerprint.
+
+    With ``key`` the session is also authenticated; without, call
+    :meth:`VerifiedSession.authenticate` later (the daemon does that in parallel
+    with the hook, so authentication costs no latency).
+    """
     host, port = target.host, target.port
     try:
         sock = socket.create_connection((target.host, target.port), timeout=target.timeout)
@@ -140,21 +162,11 @@ def open_verified(target: SSHTarget, key: paramiko.PKey) -> VerifiedSession:
             raise FingerprintMismatch(
                 announced=target.fingerprint, actual=actual, host=host, port=port
             )
-        try:
-            transport.auth_publickey(target.user, key)
-        except paramiko.AuthenticationException as exc:
-            raise SSHError(
-                f"the node refused the controller key for user {target.user!r} "
-                "(is CONTROLLER_KEY in its authorized_keys?)",
-                host=host,
-                port=port,
-            ) from exc
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise NodeUnreachable(
-                f"authentication failed: {_describe(exc)}", host=host, port=port
-            ) from exc
         transport.set_keepalive(KEEPALIVE_INTERVAL)
-        return VerifiedSession(target, transport, host_key)
+        session = VerifiedSession(target, transport, host_key)
+        if key is not None:
+            session.authenticate(key)
+        return session
     except BaseException:
         transport.close()
         raise
