@@ -238,6 +238,8 @@ def test_malformed_announcements_rejected_while_daemon_keeps_serving(
     clc = alab.registrar("clc", "clc")
     rogue_host = alab.lab.add_host("rogue")
     good = alab.node("walrus", "walrus")
+    # Another implementation: a record written by hand, byte for byte, for a real node.
+    other = alab.node("cc", "cc", cluster="foo")
     alab.authorize_all()
     fp = "SHA256:" + "A" * 43
     base = ["v=1", "role=cc", "cluster=foo", "ip=198.18.0.9", f"fp={fp}", "state=ready"]
@@ -251,6 +253,11 @@ def test_malformed_announcements_rejected_while_daemon_keeps_serving(
         "huge": ([*base, "id=huge", *(f"x{i}=" + "n" * 240 for i in range(6))], "exceeds 1300"),
     }
     spec = [{"instance": name, "port": 22, "txt": txt} for name, (txt, _) in bad.items()]
+    assert other.sshd is not None
+    spec.append({"instance": "hand-written", "port": other.sshd.port,
+                 "txt": ["v=1", "role=cc", "cluster=foo", f"id={other.node_id}",
+                         f"ip={other.host.ip}", f"fp={other.sshd.fingerprint}", "state=ready",
+                         "future-key=ignored"]})
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec))
     clc.start_daemon()
@@ -280,6 +287,7 @@ def test_malformed_announcements_rejected_while_daemon_keeps_serving(
     got = rejected()
     for instance, (_, reason) in bad.items():
         assert reason in got[instance], got[instance]
+    clc.wait_state(other.node_id, S.REGISTERED)  # the hand-written record registers
     # ... and the daemon still serves: a good node registers afterwards.
     good.start_announcer()
     clc.wait_state(good.node_id, S.REGISTERED)
