@@ -31,6 +31,7 @@ __all__ = [
     "retry_node",
     "set_lockdown",
     "status_report",
+    "wait_for_store",
     "wait_settled",
 ]
 
@@ -39,13 +40,24 @@ def open_store(config: Config, *, readonly: bool = False) -> Store:
     return Store(config.db_path, readonly=readonly)
 
 
-def set_lockdown(config: Config, locked: bool, *, role: str | None, reason: str = "") -> None:
+def set_lockdown(config: Config, locked: bool, *, role: str | None, reason: str = "") -> str | None:
+    """Flip a lockdown switch; returns a warning when it cannot matter here."""
     if role is not None and config.profile.role(role) is None:
         raise ConfigError(
             f"unknown role {role!r}; roles: {', '.join(sorted(config.profile.roles))}"
         )
     with open_store(config) as store:
         store.set_lockdown(role or GLOBAL_SCOPE, locked, reason=reason)
+    mine = config.controller.role
+    if role is not None and mine and role not in config.profile.roles_registered_by(mine):
+        owners = config.profile.role(role)
+        by = owners.registered_by if owners else None
+        return (
+            f"this host's registrar ({mine}) does not register {role}"
+            + (f"; {by} does" if by else "")
+            + ": the switch has no effect here"
+        )
+    return None
 
 
 def manual_register(config: Config, ann: Announcement) -> NodeRecord:
@@ -129,6 +141,14 @@ def wait_settled(config: Config, node_id: str, *, timeout: float) -> NodeRecord 
             if current is None or is_settled(current) or time.monotonic() >= deadline:
                 return current
             time.sleep(WAIT_POLL_INTERVAL)
+
+
+def wait_for_store(config: Config, *, deadline: float | None) -> None:
+    """Wait until the state database exists (a daemon is starting), up to ``deadline``."""
+    while not config.db_path.exists():
+        if deadline is not None and time.monotonic() >= deadline:
+            raise StateError(f"{config.db_path}: no state database (has the daemon run yet?)")
+        time.sleep(WAIT_POLL_INTERVAL)
 
 
 def daemon_status(config: Config) -> dict[str, Any] | None:

@@ -298,18 +298,22 @@ def events(
     def out(event: Any) -> None:
         click.echo(json.dumps(event.to_json(), default=str) if as_json else format_event(event))
 
-    with _errors(), _admin.open_store(obj.config(), readonly=True) as store:
-        node_id = store.find(node).node_id if node else None
-        last = 0
-        for event in store.last_events(count, node_id=node_id):
-            out(event)
-            last = event.seq
+    with _errors():
+        config = obj.config()
         deadline = None if timeout is None else time.monotonic() + timeout
-        while follow and (deadline is None or time.monotonic() < deadline):
-            time.sleep(FOLLOW_INTERVAL)
-            for event in store.events(after=last, node_id=node_id):
+        if follow:  # the daemon may not have created its store yet: wait for it
+            _admin.wait_for_store(config, deadline=deadline)
+        with _admin.open_store(config, readonly=True) as store:
+            node_id = store.find(node).node_id if node else None
+            last = 0
+            for event in store.last_events(count, node_id=node_id):
                 out(event)
                 last = event.seq
+            while follow and (deadline is None or time.monotonic() < deadline):
+                time.sleep(FOLLOW_INTERVAL)
+                for event in store.events(after=last, node_id=node_id):
+                    out(event)
+                    last = event.seq
 
 
 @cli.command()

@@ -38,7 +38,9 @@ def lockdown(obj: _Ctx, switch: str, role: str | None, reason: str, as_json: boo
                 for scope, on in sorted(switches.items()) or [("*", False)]:
                     click.echo(f"{'all roles' if scope == '*' else scope}: {'on' if on else 'off'}")
             return
-        _admin.set_lockdown(config, switch == "on", role=role, reason=reason)
+        warning = _admin.set_lockdown(config, switch == "on", role=role, reason=reason)
+        if warning:
+            click.echo(f"autoreg: warning: {warning}", err=True)
         click.echo(f"lockdown {switch} for {role or 'all roles'}")
 
 

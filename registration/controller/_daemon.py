@@ -134,7 +134,12 @@ class Daemon:
             f"registrar {self.role}"
             + (f" of cluster {self.cluster}" if self.cluster else "")
             + f" started (autoreg {__version__}, pid {os.getpid()}, "
-            f"transport {self._transport.name})",
+            f"transport {self._transport.name})"
+            + (
+                ""
+                if self._self_registered
+                else f"; standby until this {self.role} is registered itself"
+            ),
         )
         log.info("registrar %s started; browsing %s", self.role, NODE_SERVICE_TYPE)
         self._tasks = [
@@ -161,6 +166,8 @@ class Daemon:
             if self._publication is not None:
                 await self._publication.async_withdraw()
             await self._transport.async_close()
+        if self._registration is not None:
+            self._registration.close()
         if self._store is not None:
             await self._db.run(self._store.add_event, None, "daemon", "registrar stopped")
             await self._db.run(self._store.close)
@@ -232,8 +239,8 @@ class Daemon:
                 self.store.save,
                 rec,
                 kind="announced",
-                message=f"{ann.role}{where} {ann.display_name} announced at "
-                f"{ann.ip}:{ann.port} ({ann.fingerprint})",
+                message=f"{_label(rec)}{where} announced at {ann.ip}:{ann.port} "
+                f"({ann.fingerprint})",
                 data={"announcement": dataclasses.asdict(ann)},
             )
         else:
@@ -289,7 +296,7 @@ class Daemon:
         kind = message = None
         if moved or identity_changed or not rec.present or "state" in changes:
             kind = "announced"
-            message = f"re-announced at {ann.ip}:{ann.port} (state {ann.state})"
+            message = f"{_label(rec)} re-announced at {ann.ip}:{ann.port} (state {ann.state})"
         await self._db.run(self.store.update, rec.node_id, changes, kind=kind, message=message)
 
     async def _on_gone(self, node_id: str, name: str) -> None:
@@ -301,7 +308,7 @@ class Daemon:
             node_id,
             {"present": False},
             kind="withdrawn",
-            message=f"{name} withdrew its announcement (goodbye)",
+            message=f"{_label(rec)} withdrew its announcement (goodbye)",
         )
         self._dirty.set()
 
@@ -360,7 +367,7 @@ class Daemon:
                     )
                 )
             elif (state, decision.reason) != (rec.state, rec.reason):
-                await self._record(rec, state, decision.reason, kind=decision.action)
+                await self._record(rec, state, decision.reason, kind=state.value)
         await self._update_announcement()
 
     def _start(self, rec: NodeRecord) -> None:
@@ -429,8 +436,7 @@ class Daemon:
         **changes: Any,
     ) -> NodeRecord:
         """Move ``rec`` to ``state`` (only the decision columns), log it, return it fresh."""
-        label = f"{rec.role} {rec.display_name} ({rec.node_id})"
-        message = f"{label}: {state.value}: {reason}"
+        message = f"{_label(rec)}: {state.value}: {reason}"
         level = (
             logging.WARNING
             if state in (NodeState.REJECTED, NodeState.FAILED, NodeState.UNREACHABLE)
@@ -569,6 +575,11 @@ class Daemon:
         tmp = path.with_name(f".daemon.json.tmp-{os.getpid()}")
         tmp.write_text(json.dumps(status, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, path)
+
+
+def _label(rec: NodeRecord) -> str:
+    """How events name a node: role, name and id."""
+    return f"{rec.role} {rec.display_name} ({rec.node_id})"
 
 
 def _printable_txt(properties: Mapping[bytes, bytes | None]) -> dict[str, str | None]:

@@ -13,7 +13,9 @@ import json
 import os
 import random
 import shlex
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -30,6 +32,8 @@ from ._ssh import SSHTarget, VerifiedSession, open_verified
 
 __all__ = ["Recorder", "Registration", "receipt_path_for"]
 
+#: Seconds an OpenSSH connection shared by a hook's ssh/scp calls outlives the last one.
+MUX_PERSIST: Final = 5
 #: Jitter applied to retry delays (±fraction), so retries of many nodes spread out.
 RETRY_JITTER: Final = 0.1
 
@@ -73,6 +77,19 @@ class Registration:
         self._key = key
         self._record = record
         self._pending: set[asyncio.Future[None]] = set()
+        self._mux: Path | None = None
+
+    def _mux_dir(self) -> Path:
+        # Short and private: Unix socket paths are limited to 108 bytes.
+        if self._mux is None:
+            self._mux = Path(tempfile.mkdtemp(prefix="autoreg-mux-"))
+        return self._mux
+
+    def close(self) -> None:
+        """Remove the connection-sharing directory (masters exit by themselves)."""
+        if self._mux is not None:
+            shutil.rmtree(self._mux, ignore_errors=True)
+            self._mux = None
 
     async def register(self, rec: NodeRecord) -> NodeRecord:
         """Register ``rec`` (already committed as ``registering``); returns the final record."""
@@ -328,6 +345,11 @@ class Registration:
                     "    StrictHostKeyChecking yes",
                     "    BatchMode yes",
                     f"    ConnectTimeout {max(1, round(ctl.connect_timeout))}",
+                    # One connection for all of a hook's ssh/scp calls (each new SSH
+                    # handshake costs a few hundred ms); the socket dir is private.
+                    "    ControlMaster auto",
+                    f"    ControlPath {self._mux_dir()}/%C",
+                    f"    ControlPersist {MUX_PERSIST}",
                     "",
                 ]
             ),

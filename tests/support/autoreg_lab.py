@@ -208,26 +208,41 @@ class AutoregLab:
         return self.lab.workdir / "nodes" / node_id
 
     def registrar(
-        self, name: str, role: str, *, cluster: str | None = None, node_role: str | None = None
+        self,
+        name: str,
+        role: str,
+        *,
+        cluster: str | None = None,
+        node_role: str | None = None,
+        node_id: str | None = None,
     ) -> Station:
         """A registrar host; with ``node_role`` it is a node too (e.g. a CC)."""
-        station = self._station(name, node_role, cluster, with_sshd=node_role is not None)
+        station = self._station(
+            name, node_role, cluster, with_sshd=node_role is not None, node_id=node_id
+        )
         station.registrar_role = role
         station.write_config()
         result = station.cli("keys", "init")
         self._authorized.append(result.stdout.strip())
         return station
 
-    def node(self, name: str, role: str, *, cluster: str | None = None) -> Station:
-        return self._station(name, role, cluster, with_sshd=True)
+    def node(
+        self, name: str, role: str, *, cluster: str | None = None, node_id: str | None = None
+    ) -> Station:
+        return self._station(name, role, cluster, with_sshd=True, node_id=node_id)
 
     def _station(
-        self, name: str, role: str | None, cluster: str | None, *, with_sshd: bool
+        self,
+        name: str,
+        role: str | None,
+        cluster: str | None,
+        *,
+        with_sshd: bool,
+        node_id: str | None = None,
     ) -> Station:
         host = self.lab.add_host(name)
-        station = Station(
-            self, host, node_id=f"{name}-{host.ip.split('.')[-1]}x", role=role, cluster=cluster
-        )
+        node_id = node_id or f"{name}-{host.ip.split('.')[-1]}x"
+        station = Station(self, host, node_id=node_id, role=role, cluster=cluster)
         if with_sshd:
             station.sshd = host.start_sshd(authorized_keys=list(self._authorized))
             self.node_dir(station.node_id).mkdir(parents=True, exist_ok=True)
