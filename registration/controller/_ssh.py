@@ -141,6 +141,9 @@ def open_verified(target: SSHTarget, key: paramiko.PKey | None) -> VerifiedSessi
         sock = socket.create_connection((target.host, target.port), timeout=target.timeout)
     except OSError as exc:
         raise NodeUnreachable(_describe(exc), host=host, port=port) from exc
+    # The handshake is a ping-pong of small packets: without this, Nagle's algorithm
+    # meets the peer's delayed ACK and a round trip can cost 40 ms.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     transport = paramiko.Transport(sock)
     try:
         transport.banner_timeout = target.timeout
