@@ -27,7 +27,7 @@ demo: bootstrap
 lint: bootstrap
 	$(VENV)/bin/ruff check registration tests bench demo
 	$(VENV)/bin/mypy --strict registration
-	@if command -v shellcheck >/dev/null; then shellcheck -x scripts/walrus scripts/cc scripts/sc scripts/nc scripts/lib/autoreg-hook.sh tools/bootstrap.sh .ci/run; else echo "shellcheck not installed: skipped"; fi
+	shellcheck -x -P SCRIPTDIR scripts/walrus scripts/cc scripts/sc scripts/nc scripts/lib/autoreg-hook.sh tools/bootstrap.sh .ci/run
 
 # The whole suite on current PyPI releases.
 test-pypi: bootstrap
