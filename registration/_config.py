@@ -15,15 +15,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from ._exceptions import ConfigError
+from ._exceptions import AutoregError, ConfigError
 from ._profile import ROLE_SECTION_PREFIX, Profile, load_profile
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "ENV_OVERRIDES",
+    "CallbackConfig",
     "Config",
     "ControllerConfig",
     "NodeConfig",
+    "ProxyConfig",
     "load_config",
 ]
 
@@ -76,6 +78,45 @@ class ControllerConfig:
     resume_interrupted: bool = False
     announce_self: bool = True
     max_parallel: int = 8
+    callback_user: str = "autoreg-callback"
+    tunnel_ports: tuple[int, int] = (20000, 29999)
+    tunnel_ports_per_node: int = 2
+    callback_authorized_keys: Path = Path("/etc/autoreg/callback_authorized_keys")
+    sshd_host_key: Path = Path("/etc/ssh/ssh_host_ed25519_key.pub")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallbackConfig:
+    """The node's callback service (``autoreg callback``): a reverse SSH tunnel home.
+
+    The node dials ``controller``:``port`` as ``user`` with ``key``, trusting only
+    the host key in ``known_hosts``, and forwards ``forward`` (its own sshd) to one
+    of ``listen_ports`` on the controller's loopback.
+    """
+
+    controller: str | None = None
+    port: int = 2222
+    user: str = "autoreg-callback"
+    key: Path = Path("/etc/autoreg/keys/callback_ed25519")
+    known_hosts: Path = Path("/etc/autoreg/keys/controller_known_hosts")
+    listen_ports: tuple[int, ...] = ()
+    forward: str = "localhost:22"
+    keepalive_interval: float = 5.0
+    keepalive_count: int = 3
+    retry_initial: float = 1.0
+    retry_max: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """A proxy node through which a cluster's nodes are reached (``[cluster:NAME]``)."""
+
+    cluster: str
+    host: str
+    port: int = 22
+    user: str = "root"
+    fingerprint: str = ""
+    key_type: str = "ssh-ed25519"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -90,7 +131,13 @@ class Config:
     profile_ref: str = "eucalyptus"
     node: NodeConfig = dataclasses.field(default_factory=NodeConfig)
     controller: ControllerConfig = dataclasses.field(default_factory=ControllerConfig)
+    callback: CallbackConfig = dataclasses.field(default_factory=CallbackConfig)
+    proxies: Mapping[str, ProxyConfig] = dataclasses.field(default_factory=dict)
     profile: Profile = dataclasses.field(default_factory=lambda: load_profile("eucalyptus"))
+
+    def proxy_for(self, cluster: str | None) -> ProxyConfig | None:
+        """The proxy node for ``cluster`` (``[cluster:*]`` applies to every node)."""
+        return self.proxies.get(cluster or "") or self.proxies.get("*")
 
     @property
     def db_path(self) -> Path:
@@ -137,6 +184,28 @@ def _positive_int(value: str) -> int:
     if number < 1:
         raise ValueError("must be at least 1")
     return number
+
+
+def _port_range(value: str) -> tuple[int, int]:
+    low, sep, high = value.strip().partition("-")
+    if not sep:
+        raise ValueError("want FIRST-LAST, e.g. 20000-29999")
+    first, last = _port(low), _port(high)
+    if first > last:
+        raise ValueError("the first port is above the last")
+    return first, last
+
+
+def _ports(value: str) -> tuple[int, ...]:
+    return tuple(_port(p) for p in _words(value))
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError("want HOST:PORT")
+    _port(port)
+    return value.strip()
 
 
 def _log_level(value: str) -> str:
@@ -190,8 +259,31 @@ _SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Parser]]]] = {
         "resume_interrupted": ("resume_interrupted", _bool),
         "announce_self": ("announce_self", _bool),
         "max_parallel": ("max_parallel", _positive_int),
+        "callback_user": ("callback_user", str.strip),
+        "tunnel_ports": ("tunnel_ports", _port_range),
+        "tunnel_ports_per_node": ("tunnel_ports_per_node", _positive_int),
+        "callback_authorized_keys": ("callback_authorized_keys", Path),
+        "sshd_host_key": ("sshd_host_key", Path),
+    },
+    "callback": {
+        "controller": ("controller", _opt_str),
+        "port": ("port", _port),
+        "user": ("user", str.strip),
+        "key": ("key", Path),
+        "known_hosts": ("known_hosts", Path),
+        "listen_ports": ("listen_ports", _ports),
+        "forward": ("forward", _host_port),
+        "keepalive_interval": ("keepalive_interval", _positive_float),
+        "keepalive_count": ("keepalive_count", _positive_int),
+        "retry_initial": ("retry_initial", _positive_float),
+        "retry_max": ("retry_max", _positive_float),
     },
 }
+
+CLUSTER_SECTION_PREFIX: Final = "cluster:"
+_PROXY_KEYS: Final = frozenset(
+    {"proxy", "proxy_port", "proxy_user", "proxy_fingerprint", "proxy_key_type"}
+)
 
 
 def load_config(
@@ -242,7 +334,7 @@ def _read_file(path: Path, values: _Values, role_sections: dict[str, dict[str, s
             f"not a valid INI file: {str(exc).splitlines()[0]}", source=str(path)
         ) from exc
     for section in parser.sections():
-        if section.startswith(ROLE_SECTION_PREFIX):
+        if section.startswith((ROLE_SECTION_PREFIX, CLUSTER_SECTION_PREFIX)):
             role_sections[section] = dict(parser[section])
             continue
         if section not in _SCHEMA:
@@ -286,9 +378,66 @@ def _build(
     )
     node = NodeConfig(**parsed["node"])
     controller = ControllerConfig(**parsed["controller"])
-    config = Config(path=path, node=node, controller=controller, profile=profile, **top)
+    callback = CallbackConfig(**parsed["callback"])
+    proxies = _proxies(
+        {s: v for s, v in role_sections.items() if s.startswith(CLUSTER_SECTION_PREFIX)},
+        str(path or "configuration"),
+    )
+    config = Config(
+        path=path,
+        node=node,
+        controller=controller,
+        callback=callback,
+        proxies=proxies,
+        profile=profile,
+        **top,
+    )
     _cross_check(config)
     return config
+
+
+def _proxies(sections: Mapping[str, Mapping[str, str]], where: str) -> dict[str, ProxyConfig]:
+    from .protocol import Announcement  # the codec's validators, for the fingerprint
+
+    out: dict[str, ProxyConfig] = {}
+    for section, values in sections.items():
+        cluster = section[len(CLUSTER_SECTION_PREFIX) :].strip()
+        source = f"{where} [{section}]"
+        unknown = set(values) - _PROXY_KEYS
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) {', '.join(sorted(unknown))}; known: "
+                f"{', '.join(sorted(_PROXY_KEYS))}",
+                source=source,
+            )
+        if not values.get("proxy", "").strip():
+            raise ConfigError("proxy = HOST is required", source=source)
+        try:
+            proxy = ProxyConfig(
+                cluster=cluster,
+                host=values["proxy"].strip(),
+                port=_port(values.get("proxy_port", "22")),
+                user=values.get("proxy_user", "root").strip(),
+                fingerprint=values.get("proxy_fingerprint", "").strip(),
+                key_type=values.get("proxy_key_type", "ssh-ed25519").strip(),
+            )
+            # The proxy's host key is pinned exactly like a node's announced one.
+            Announcement(
+                node_id="proxy",
+                role="proxy",
+                ip="127.0.0.1",
+                port=proxy.port,
+                fingerprint=proxy.fingerprint,
+                key_type=proxy.key_type,
+            )
+        except (ValueError, AutoregError) as exc:
+            raise ConfigError(
+                f"{exc} (proxy_fingerprint is required: the proxy's host key, "
+                "as `ssh-keygen -lf` prints it)",
+                source=source,
+            ) from exc
+        out[cluster] = proxy
+    return out
 
 
 def _cross_check(config: Config) -> None:

@@ -28,12 +28,11 @@ from .._exceptions import FingerprintMismatch, HookError, SSHError
 from .._threads import ThreadLimiter
 from ..state import NodeRecord, NodeState, Store
 from ._hooks import EXIT_DECLINED, HookResult, find_hook, run_hook
-from ._ssh import SSHTarget, VerifiedSession, open_verified
+from ._reach import AccessFiles, Reach
+from ._ssh import VerifiedSession
 
 __all__ = ["Recorder", "Registration", "receipt_path_for"]
 
-#: Seconds an OpenSSH connection shared by a hook's ssh/scp calls outlives the last one.
-MUX_PERSIST: Final = 5
 #: Jitter applied to retry delays (±fraction), so retries of many nodes spread out.
 RETRY_JITTER: Final = 0.1
 
@@ -128,7 +127,7 @@ class Registration:
         attempt: int,
     ) -> NodeRecord:
         ctl = self._config.controller
-        files = self._write_access_files(rec, session)
+        files = await self._io.run(self._reach().write_access_files, rec, session)
         try:
             hook = find_hook(ctl.hooks_dir, rec.role)
         except HookError as exc:
@@ -151,7 +150,7 @@ class Registration:
             )
             result = await run_hook(
                 hook,
-                self._hook_env(rec, files, attempt),
+                self._hook_env(rec, session, files, attempt),
                 timeout=ctl.hook_timeout,
                 on_start=lambda pid: self._note_pid(rec, pid),
             )
@@ -176,7 +175,7 @@ class Registration:
             next_attempt=None,
             hook_pid=None,
             resumed=False,
-            path="direct",
+            path=session.via.describe(),
         )
 
     async def _authenticate(self, session: VerifiedSession) -> SSHError | None:
@@ -201,17 +200,14 @@ class Registration:
     # -- steps -------------------------------------------------------------------
 
     async def _connect(self, rec: NodeRecord, *, authenticate: bool = True) -> VerifiedSession:
-        ctl = self._config.controller
-        target = SSHTarget(
-            host=rec.ip,
-            port=rec.port,
-            fingerprint=rec.fingerprint,
-            key_type=rec.key_type,
-            user=ctl.ssh_user,
-            timeout=ctl.connect_timeout,
-        )
-        key = await self._io.run(self._key) if authenticate else None
-        return await self._io.run(open_verified, target, key)
+        """A verified session over the first path that works (see ``_reach``)."""
+        key = await self._io.run(self._key)
+        tunnel = await self._db.run(self._store.tunnel, rec.node_id)
+        ports = tunnel.ports if tunnel is not None else ()
+        return await self._io.run(self._reach().connect, rec, key, ports, authenticate=authenticate)
+
+    def _reach(self) -> Reach:
+        return Reach(self._config, mux_dir=self._mux_dir())
 
     async def _deliver_receipt(self, rec: NodeRecord, session: VerifiedSession) -> str | None:
         receipt = {
@@ -316,50 +312,13 @@ class Registration:
     def _registrar_cluster(self) -> str | None:
         return self._config.controller.cluster or self._config.node.cluster
 
-    def _write_access_files(self, rec: NodeRecord, session: VerifiedSession) -> dict[str, Path]:
-        """known_hosts and ssh_config that let a hook reach the node with plain ssh."""
-        ctl = self._config.controller
-        directory = self._config.state_dir / "nodes" / rec.node_id
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        alias = f"autoreg-{rec.node_id}"
-        host_entry = rec.ip if rec.port == 22 else f"[{rec.ip}]:{rec.port}"
-        known_hosts = directory / "known_hosts"
-        _atomic_write(
-            known_hosts, f"{alias} {session.host_key_line}\n{host_entry} {session.host_key_line}\n"
-        )
-        ssh_config = directory / "ssh_config"
-        _atomic_write(
-            ssh_config,
-            "\n".join(
-                [
-                    "# Written by autoreg for hooks: ssh -F THIS_FILE node",
-                    "Host node",
-                    f"    HostName {rec.ip}",
-                    f"    Port {rec.port}",
-                    f"    User {ctl.ssh_user}",
-                    f"    IdentityFile {self._config.controller_key}",
-                    "    IdentitiesOnly yes",
-                    f"    HostKeyAlias {alias}",
-                    f"    UserKnownHostsFile {known_hosts}",
-                    "    GlobalKnownHostsFile /dev/null",
-                    "    StrictHostKeyChecking yes",
-                    "    BatchMode yes",
-                    f"    ConnectTimeout {max(1, round(ctl.connect_timeout))}",
-                    # One connection for all of a hook's ssh/scp calls (each new SSH
-                    # handshake costs a few hundred ms); the socket dir is private.
-                    "    ControlMaster auto",
-                    f"    ControlPath {self._mux_dir()}/%C",
-                    f"    ControlPersist {MUX_PERSIST}",
-                    "",
-                ]
-            ),
-        )
-        return {"known_hosts": known_hosts, "ssh_config": ssh_config}
-
-    def _hook_env(self, rec: NodeRecord, files: dict[str, Path], attempt: int) -> dict[str, str]:
+    def _hook_env(
+        self, rec: NodeRecord, session: VerifiedSession, files: AccessFiles, attempt: int
+    ) -> dict[str, str]:
         ctl = self._config.controller
         receipt = receipt_path_for(self._config, rec)
         return {
+            **self._reach().path_env(rec, session, files),
             "AUTOREG_HOOK_VERSION": "1",
             "AUTOREG_ROLE": rec.role,
             "AUTOREG_CLUSTER": rec.cluster or "",
@@ -369,13 +328,6 @@ class Registration:
             "AUTOREG_PORT": str(rec.port),
             "AUTOREG_FINGERPRINT": rec.fingerprint,
             "AUTOREG_KEY_TYPE": rec.key_type,
-            "AUTOREG_PATH": "direct",
-            "AUTOREG_SSH_HOST": rec.ip,
-            "AUTOREG_SSH_PORT": str(rec.port),
-            "AUTOREG_SSH_USER": ctl.ssh_user,
-            "AUTOREG_SSH_KEY": str(self._config.controller_key),
-            "AUTOREG_KNOWN_HOSTS": str(files["known_hosts"]),
-            "AUTOREG_SSH_CONFIG": str(files["ssh_config"]),
             "AUTOREG_REGISTRAR_ROLE": ctl.role or "",
             "AUTOREG_REGISTRAR_CLUSTER": self._registrar_cluster or "",
             "AUTOREG_STATE_DIR": str(self._config.state_dir),

@@ -17,14 +17,23 @@ import posixpath
 import secrets
 import socket
 from pathlib import Path
-from typing import Final
+from typing import ClassVar, Final
 
 import paramiko
 
 from .._exceptions import FingerprintMismatch, KeyMaterialError, NodeUnreachable, SSHError
 from .._sshkeys import fingerprint_of_blob
 
-__all__ = ["SSHTarget", "VerifiedSession", "load_private_key", "open_verified"]
+__all__ = [
+    "DIRECT",
+    "Direct",
+    "SSHTarget",
+    "VerifiedSession",
+    "ViaProxy",
+    "ViaTunnel",
+    "load_private_key",
+    "open_verified",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +60,43 @@ class SSHTarget:
     timeout: float
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Direct:
+    """Connect to the node's announced address."""
+
+    name: ClassVar[str] = "direct"
+
+    def describe(self) -> str:
+        return "direct"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ViaTunnel:
+    """Connect through the node's reverse tunnel: a port on the controller's loopback."""
+
+    port: int
+    host: str = "127.0.0.1"
+    name: ClassVar[str] = "tunnel"
+
+    def describe(self) -> str:
+        return f"tunnel:{self.port}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ViaProxy:
+    """Connect through a proxy node: a ``direct-tcpip`` channel is the next socket."""
+
+    proxy: SSHTarget
+    name: ClassVar[str] = "proxy"
+
+    def describe(self) -> str:
+        return f"proxy:{self.proxy.host}"
+
+
+DIRECT: Final = Direct()
+Via = Direct | ViaTunnel | ViaProxy
+
+
 def load_private_key(path: Path) -> paramiko.PKey:
     """Load the controller's private key (ed25519, ECDSA or RSA, OpenSSH format)."""
     try:
@@ -73,11 +119,19 @@ class VerifiedSession:
     """An authenticated SSH connection whose host key matched the announcement."""
 
     def __init__(
-        self, target: SSHTarget, transport: paramiko.Transport, host_key: paramiko.PKey
+        self,
+        target: SSHTarget,
+        transport: paramiko.Transport,
+        host_key: paramiko.PKey,
+        *,
+        via: Via = DIRECT,
+        proxy: VerifiedSession | None = None,
     ) -> None:
         self.target = target
         self._transport = transport
         self.host_key = host_key
+        self.via = via
+        self.proxy = proxy  # the session to the proxy node, when via is a ViaProxy
 
     @property
     def host_key_line(self) -> str:
@@ -107,6 +161,22 @@ class VerifiedSession:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._transport.close()
+        if self.proxy is not None:
+            self.proxy.close()
+
+    def open_channel(self, target: SSHTarget, host: str, port: int) -> paramiko.Channel:
+        """A ``direct-tcpip`` channel from this (proxy) node to ``target``: no nc needed."""
+        try:
+            return self._transport.open_channel(
+                "direct-tcpip",
+                (target.host, target.port),
+                ("127.0.0.1", 0),
+                timeout=target.timeout,
+            )
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise NodeUnreachable(
+                f"the proxy could not connect: {_describe(exc)}", host=host, port=port
+            ) from exc
 
     def write_file(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
         """Write ``path`` on the node atomically (temp file + rename), creating parents."""
@@ -129,21 +199,40 @@ class VerifiedSession:
             ) from exc
 
 
-def open_verified(target: SSHTarget, key: paramiko.PKey | None) -> VerifiedSession:
-    """Connect and check the host key against the announced fingerprint.
+def open_verified(
+    target: SSHTarget,
+    key: paramiko.PKey | None,
+    *,
+    via: Via = DIRECT,
+    proxy_key: paramiko.PKey | None = None,
+) -> VerifiedSession:
+    """Connect to ``target`` over ``via`` and check its host key against the fingerprint.
 
+    One entry point for every path: ``via`` only decides where the socket comes
+    from (the announced address, a reverse-tunnel port on loopback, or a channel
+    through a proxy node); the fingerprint check is the same on all of them.
     With ``key`` the session is also authenticated; without, call
     :meth:`VerifiedSession.authenticate` later (the daemon does that in parallel
-    with the hook, so authentication costs no latency).
+    with the hook, so authentication costs no latency).  ``proxy_key`` (default
+    ``key``) logs in to the proxy node, which must happen before anything else.
     """
-    host, port = target.host, target.port
-    try:
-        sock = socket.create_connection((target.host, target.port), timeout=target.timeout)
-    except OSError as exc:
-        raise NodeUnreachable(_describe(exc), host=host, port=port) from exc
-    # The handshake is a ping-pong of small packets: without this, Nagle's algorithm
-    # meets the peer's delayed ACK and a round trip can cost 40 ms.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    host, port = _where(target, via)
+    proxy: VerifiedSession | None = None
+    if isinstance(via, ViaProxy):
+        login = proxy_key or key
+        if login is None:
+            raise ValueError("a proxy path needs a key to log in to the proxy")
+        proxy = open_verified(via.proxy, login)
+        sock: socket.socket | paramiko.Channel = proxy.open_channel(target, host, port)
+    else:
+        address = (via.host, via.port) if isinstance(via, ViaTunnel) else (target.host, target.port)
+        try:
+            sock = socket.create_connection(address, timeout=target.timeout)
+        except OSError as exc:
+            raise NodeUnreachable(_describe(exc), host=host, port=port) from exc
+        # The handshake is a ping-pong of small packets: without this, Nagle's algorithm
+        # meets the peer's delayed ACK and a round trip can cost 40 ms.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     transport = paramiko.Transport(sock)
     try:
         transport.banner_timeout = target.timeout
@@ -166,13 +255,24 @@ def open_verified(target: SSHTarget, key: paramiko.PKey | None) -> VerifiedSessi
                 announced=target.fingerprint, actual=actual, host=host, port=port
             )
         transport.set_keepalive(KEEPALIVE_INTERVAL)
-        session = VerifiedSession(target, transport, host_key)
+        session = VerifiedSession(target, transport, host_key, via=via, proxy=proxy)
         if key is not None:
             session.authenticate(key)
         return session
     except BaseException:
         transport.close()
+        if proxy is not None:
+            proxy.close()
         raise
+
+
+def _where(target: SSHTarget, via: Via) -> tuple[str, int]:
+    """How errors name the endpoint: the address actually dialled, and the path."""
+    if isinstance(via, ViaTunnel):
+        return f"{target.host} via tunnel {via.host}", via.port
+    if isinstance(via, ViaProxy):
+        return f"{target.host} via proxy {via.proxy.host}", target.port
+    return target.host, target.port
 
 
 def _makedirs(sftp: paramiko.SFTPClient, directory: str) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..protocol import Announcement
 
-__all__ = ["Event", "NodeRecord", "NodeState"]
+__all__ = ["Event", "NodeRecord", "NodeState", "Tunnel"]
 
 
 class NodeState(enum.StrEnum):
@@ -102,6 +102,19 @@ class NodeRecord:
         out = dataclasses.asdict(self)
         out["state"] = self.state.value
         return out
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Tunnel:
+    """A node's reverse tunnel allocation: its callback key and controller ports."""
+
+    node_id: str
+    public_key: str
+    ports: tuple[int, ...]
+    created: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -56,6 +56,20 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX events_node ON events (node_id, seq);
     """,
+    # 2: reverse tunnels: each node's callback key and the controller ports it may
+    #    listen on (CONTROLLER_PORT), allocated without collisions.
+    """
+    CREATE TABLE tunnels (
+        node_id    TEXT PRIMARY KEY,
+        public_key TEXT NOT NULL,
+        created    REAL NOT NULL
+    );
+    CREATE TABLE tunnel_ports (
+        port    INTEGER PRIMARY KEY,
+        node_id TEXT NOT NULL REFERENCES tunnels (node_id) ON DELETE CASCADE
+    );
+    CREATE INDEX tunnel_ports_node ON tunnel_ports (node_id);
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
