@@ -20,6 +20,7 @@ __all__ = [
     "PublicKey",
     "fingerprint_of_blob",
     "generate_ed25519",
+    "parse_public_key",
     "read_public_key",
 ]
 

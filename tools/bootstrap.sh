@@ -15,7 +15,7 @@ flavour=${1:-pypi}
 root=$(cd "$(dirname "$0")/.." && pwd)
 python=/usr/bin/python3
 
-APT_PACKAGES="python3 python3-venv openssh-server openssh-client iproute2 procps shellcheck"
+APT_PACKAGES="python3 python3-venv openssh-server openssh-client iproute2 procps shellcheck nftables"
 APT_DEBIAN_DEPS="python3-zeroconf python3-paramiko python3-click python3-jinja2 python3-cryptography"
 
 missing_packages() {

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from ._announcer import Announcer
+from ._callback import CallbackService
 from ._discover import discover_registrars
 from ._identity import NodeIdentity, derive_node_id, self_registration_state
 
 __all__ = [
     "Announcer",
+    "CallbackService",
     "NodeIdentity",
     "derive_node_id",
     "discover_registrars",

@@ -22,6 +22,10 @@ from .netlab import Host, Lab, Proc, Sshd
 
 __all__ = ["AutoregLab", "Station", "wait_until"]
 
+#: The controller's callback sshd port (CALLBACK_PORT) and the unprivileged account
+#: the callbacks log in as (the package creates a dedicated one; tests use nobody).
+CALLBACK_PORT = 2222
+CALLBACK_USER = "nobody"
 #: Seconds between state-store reads while waiting for a node's state.
 POLL = 0.05
 DEFAULT_TIMEOUT = 30.0
@@ -59,6 +63,8 @@ class Station:
     announcer: Proc | None = None
     daemon: Proc | None = None
     extra: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    callback: Proc | None = None
+    callback_sshd: Sshd | None = None
 
     @property
     def conf(self) -> Path:
@@ -159,6 +165,32 @@ class Station:
             )
         return result
 
+    def start_callback(self, *, wait: bool = True) -> Proc:
+        """The node's callback service (`autoreg callback`), after :meth:`AutoregLab.tunnel`."""
+        self.write_config()
+        self.callback = self.host.spawn(autoreg_argv("-c", str(self.conf), "callback"),
+                                        log_name="callback")
+        if wait:
+            self.callback.wait_for_log(r"tunnel up", DEFAULT_TIMEOUT)
+        return self.callback
+
+    def start_callback_sshd(self, *, port: int = CALLBACK_PORT, reuse_key: bool = False) -> Sshd:
+        """This registrar's sshd for callbacks: OpenSSH, with autoreg's Match block."""
+        self.extra.setdefault("controller", {}).update({
+            "callback_user": CALLBACK_USER,
+            "callback_authorized_keys": str(self.host.workdir / "callback_authorized_keys"),
+        })
+        self.write_config()
+        if not (self.host.workdir / "callback_authorized_keys").exists():
+            self.cli("tunnel", "list", "--no-probe", check=False)  # creates the store
+            (self.host.workdir / "callback_authorized_keys").write_text("")
+        match = self.cli("tunnel", "sshd-config").stdout
+        self.callback_sshd = self.host.start_sshd(port=port, extra_config=match,
+                                                  reuse_key=reuse_key)
+        self.extra["controller"]["sshd_host_key"] = f"{self.callback_sshd.host_key_path}.pub"
+        self.write_config()
+        return self.callback_sshd
+
     def hook(self, role: str, script: str) -> Path:
         self.hooks_dir.mkdir(parents=True, exist_ok=True)
         path = self.hooks_dir / role
@@ -248,6 +280,26 @@ class AutoregLab:
             self.node_dir(station.node_id).mkdir(parents=True, exist_ok=True)
         self.stations[name] = station
         return station
+
+    def tunnel(self, node: Station, controller: Station) -> list[int]:
+        """Allocate ``node``'s tunnel on ``controller`` and configure its callback."""
+        keydir = node.host.workdir / "callback-keys"
+        keydir.mkdir(exist_ok=True)
+        out = controller.cli("tunnel", "add", node.node_id, "--generate", str(keydir),
+                             "--controller", controller.host.ip).stdout
+        known = node.host.workdir / "controller_known_hosts"
+        known.write_text(controller.cli("tunnel", "known-hosts").stdout)
+        ports = [int(p) for p in out.split("listen_ports =")[1].splitlines()[0].split(",")]
+        node.extra["callback"] = {
+            "controller": controller.host.ip, "port": str(CALLBACK_PORT), "user": CALLBACK_USER,
+            "key": str(keydir / f"{node.node_id}_callback_ed25519"),
+            "known_hosts": str(known), "listen_ports": ", ".join(map(str, ports)),
+            "forward": f"{node.host.ip}:{node.sshd.port if node.sshd else 22}",
+            "keepalive_interval": "1", "keepalive_count": "3",
+            "retry_initial": "0.2", "retry_max": "2",
+        }
+        node.write_config()
+        return ports
 
     def authorize_all(self) -> None:
         """Put every registrar's key into every node's authorized_keys."""

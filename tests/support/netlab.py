@@ -52,7 +52,10 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
 _NFT_SET = ("inet", "netlab", "blocked_tcp")
 _NFT_TABLE = b"""table inet netlab {
   set blocked_tcp { type inet_service; }
-  chain input { type filter hook input priority 0; policy accept; tcp dport @blocked_tcp drop; }
+  chain input {
+    type filter hook input priority 0; policy accept;
+    iifname "eth0" tcp dport @blocked_tcp drop;
+  }
 }
 """
 
@@ -432,14 +435,21 @@ class Host:
         authorized_keys: Sequence[str] = (),
         key_type: str = "ed25519",
         ready_timeout: float = 15,
+        extra_config: str = "",
+        reuse_key: bool = False,
     ) -> Sshd:
-        """Start ``sshd -D -e`` bound to ``<ip>:<port>`` only, with a freshly generated host key."""
+        """Start ``sshd -D -e`` bound to ``<ip>:<port>`` only, with a freshly generated host key.
+
+        ``extra_config`` is appended (``Match`` blocks go last); ``reuse_key`` keeps the
+        host key of an earlier sshd on this port (a restart rather than a new machine).
+        """
         PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
         key = self.workdir / f"sshd{port}_host_{key_type}_key"
-        for stale in (key, key.with_suffix(".pub")):
-            stale.unlink(missing_ok=True)
-        keygen = ["ssh-keygen", "-q", "-t", key_type, "-N", "", "-C", f"netlab-{self.name}"]
-        _run([*keygen, "-f", str(key)], timeout=30)
+        if not (reuse_key and key.exists()):
+            for stale in (key, key.with_suffix(".pub")):
+                stale.unlink(missing_ok=True)
+            keygen = ["ssh-keygen", "-q", "-t", key_type, "-N", "", "-C", f"netlab-{self.name}"]
+            _run([*keygen, "-f", str(key)], timeout=30)
         fields = _run(["ssh-keygen", "-lf", f"{key}.pub"], timeout=10).stdout.decode().split()
         if len(fields) < 2:
             raise LabError(f"cannot parse ssh-keygen -lf output for {key}.pub: {fields!r}")
@@ -462,6 +472,7 @@ class Host:
                     "UsePAM no",
                     "Subsystem sftp internal-sftp",
                     "LogLevel VERBOSE",
+                    extra_config,
                     "",
                 ]
             )
@@ -495,7 +506,7 @@ class Host:
             self.run(["nft", verb, "element", *_NFT_SET, "{", str(port), "}"], timeout=15)
         elif shutil.which("iptables"):
             flag = "-I" if block else "-D"
-            rule = ["INPUT", "-p", "tcp", "--dport", str(port), "-j", "DROP"]
+            rule = ["INPUT", "-i", IFNAME, "-p", "tcp", "--dport", str(port), "-j", "DROP"]
             self.run(["iptables", "-w", "5", flag, *rule], timeout=15)
         else:
             raise FirewallUnavailable(
@@ -504,7 +515,11 @@ class Host:
         (self._blocked.add if block else self._blocked.discard)(port)
 
     def drop_inbound_tcp(self, port: int) -> None:
-        """Silently drop inbound TCP to ``port`` (needs nft or iptables: FirewallUnavailable)."""
+        """Silently drop TCP to ``port`` arriving from the network (eth0).
+
+        The host's own traffic (over ``lo``) passes.  Needs nft or iptables, else
+        FirewallUnavailable.
+        """
         self._firewall(port, True)
 
     def allow_inbound_tcp(self, port: int) -> None:

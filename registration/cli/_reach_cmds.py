@@ -1,0 +1,245 @@
+"""CLI commands for reaching nodes: callback, tunnel, ssh, exec."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .. import _admin, _remote
+from .._exceptions import AutoregError
+from ..controller import _tunnels
+from . import _Ctx, _errors, _run_service, cli, pass_ctx
+from ._output import emit_json, format_table
+
+__all__: list[str] = []
+
+
+@cli.command()
+@pass_ctx
+def callback(obj: _Ctx) -> None:
+    """Keep this node's reverse tunnel to the controller up (run at boot).
+
+    Reads the [callback] section that `autoreg tunnel add` printed on the
+    controller.  Reconnects by itself; SIGTERM/SIGINT stop it.
+    """
+    from ..node import CallbackService
+
+    with _errors():
+        config = obj.config()
+        _run_service(lambda: CallbackService(obj.config), config.log_level, obj.verbose)
+
+
+@cli.group()
+def tunnel() -> None:
+    """Reverse tunnels from nodes the controller cannot reach (controller side)."""
+
+
+@tunnel.command("add")
+@click.argument("node_id")
+@click.option(
+    "--public-key",
+    "public_key_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="The node's callback public key (.pub).",
+)
+@click.option(
+    "--generate",
+    "generate_into",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Create the node's key pair in this directory instead (for its medium).",
+)
+@click.option(
+    "--controller",
+    "controller_address",
+    default="auto",
+    show_default=True,
+    help="Address nodes dial (or `auto`: the controller's own announcement).",
+)
+@pass_ctx
+def tunnel_add(
+    obj: _Ctx,
+    node_id: str,
+    public_key_file: str | None,
+    generate_into: Path | None,
+    controller_address: str,
+) -> None:
+    """Authorise NODE_ID's callback key and allocate its controller ports.
+
+    Prints the node's [callback] section.  Idempotent: a node keeps its ports.
+    """
+    with _errors(), _admin.open_store(obj.config()) as store:
+        config = obj.config()
+        public_key = Path(public_key_file).read_text() if public_key_file else None
+        allocation, private = _tunnels.add_tunnel(
+            config, store, node_id, public_key=public_key, generate_into=generate_into
+        )
+        click.echo(
+            f"# node {node_id}: controller ports {', '.join(map(str, allocation.ports))}", err=True
+        )
+        if private is not None:
+            click.echo(f"# new callback key for the node: {private}", err=True)
+        click.echo(
+            _tunnels.callback_config_text(
+                config,
+                allocation,
+                controller=controller_address,
+                key_path=str(config.callback.key),
+                known_hosts_path=str(config.callback.known_hosts),
+            )
+        )
+
+
+@tunnel.command("remove")
+@click.argument("node_id")
+@pass_ctx
+def tunnel_remove(obj: _Ctx, node_id: str) -> None:
+    """Revoke NODE_ID's callback key and free its ports."""
+    with _errors(), _admin.open_store(obj.config()) as store:
+        if not _tunnels.remove_tunnel(obj.config(), store, node_id):
+            raise AutoregError(f"no tunnel allocated for {node_id}")
+        click.echo(f"removed the tunnel of {node_id}")
+
+
+@tunnel.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--probe/--no-probe",
+    default=True,
+    show_default=True,
+    help="Check each port for the node's sshd banner.",
+)
+@pass_ctx
+def tunnel_list(obj: _Ctx, as_json: bool, probe: bool) -> None:
+    """Allocated tunnels and whether each port leads to a live sshd now."""
+    with _errors(), _admin.open_store(obj.config(), readonly=True) as store:
+        rows = []
+        for alloc in store.tunnels():
+            live = {p: _tunnels.probe_tunnel_port(p) if probe else None for p in alloc.ports}
+            rows.append({**alloc.to_json(), "live": {str(p): b for p, b in live.items()}})
+        if as_json:
+            emit_json(rows)
+            return
+        table = [
+            [
+                r["node_id"],
+                ", ".join(f"{p}{'*' if b else ''}" for p, b in r["live"].items()),
+                "up" if any(r["live"].values()) else ("-" if not probe else "down"),
+            ]
+            for r in rows
+        ]
+        click.echo(format_table(["NODE", "PORTS (* = live)", "TUNNEL"], table))
+
+
+@tunnel.command("sshd-config")
+@pass_ctx
+def tunnel_sshd_config(obj: _Ctx) -> None:
+    """Print the sshd_config Match block for the callback user."""
+    with _errors():
+        click.echo(_tunnels.sshd_match_block(obj.config()))
+
+
+@tunnel.command("known-hosts")
+@pass_ctx
+def tunnel_known_hosts(obj: _Ctx) -> None:
+    """Print the pin of the controller's sshd host key, for nodes' known_hosts."""
+    with _errors():
+        click.echo(_tunnels.controller_known_hosts_text(obj.config()), nl=False)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("node")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_ctx
+def ssh(obj: _Ctx, node: str, command: tuple[str, ...]) -> None:
+    """Open a shell, or run COMMAND, on NODE over its path (verified first).
+
+    \b
+      autoreg ssh nc1                 # interactive shell
+      autoreg ssh nc1 -- uptime       # one command
+    """
+    with _errors(), _admin.open_store(obj.config()) as store:
+        config = obj.config()
+        rec = store.find(node)
+        files = _remote.prepare_access(config, store, rec)
+        argv = _remote.ssh_argv(files, command, tty=not command and sys.stdin.isatty())
+    os.execvp(argv[0], argv)  # noqa: S606 - hand the terminal to OpenSSH, no shell involved
+
+
+@cli.command("exec", context_settings={"ignore_unknown_options": True})
+@click.option("--role", help="Only registered nodes of this role.")
+@click.option("--cluster", help="Only registered nodes of this cluster.")
+@click.option("--node", "refs", multiple=True, help="This node (repeatable) instead of filters.")
+@click.option(
+    "-p",
+    "--parallel",
+    default=8,
+    show_default=True,
+    help="At most this many connections at a time.",
+)
+@click.option(
+    "--timeout",
+    default=_remote.DEFAULT_EXEC_TIMEOUT,
+    show_default=True,
+    help="Seconds the command may run on each node.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Summary as JSON (output still streams).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_ctx
+def exec_(
+    obj: _Ctx,
+    role: str | None,
+    cluster: str | None,
+    refs: tuple[str, ...],
+    parallel: int,
+    timeout: float,
+    as_json: bool,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND on many registered nodes at once, each over its own path.
+
+    Output lines are prefixed with the node's name; a summary with each
+    node's exit status follows.  Exits 1 if any node failed.
+
+    \b
+      autoreg exec --role nc --parallel 20 -- systemctl restart eucalyptus-nc
+    """
+
+    def emit(name: str, stream: str, line: str) -> None:
+        click.echo(f"[{name}] {line}", err=stream == "err")
+
+    with _errors(), _admin.open_store(obj.config()) as store:
+        config = obj.config()
+        nodes = _remote.select_nodes(store, role=role, cluster=cluster, refs=refs)
+        if not nodes:
+            raise AutoregError("no registered node matches")
+        results = asyncio.run(
+            _remote.run_on_nodes(
+                config, store, nodes, command, parallel=parallel, timeout=timeout, emit=emit
+            )
+        )
+        if as_json:
+            emit_json([dataclasses.asdict(r) for r in results])
+        else:
+            click.echo(
+                format_table(
+                    ["NODE", "PATH", "EXIT", "SECONDS", "ERROR"],
+                    [
+                        [
+                            r.name,
+                            r.path,
+                            "-" if r.returncode is None else str(r.returncode),
+                            f"{r.duration:.2f}",
+                            r.error,
+                        ]
+                        for r in results
+                    ],
+                )
+            )
+        failed = [r for r in results if not r.ok]
+        if failed:
+            raise AutoregError(f"{len(failed)} of {len(results)} node(s) failed")

@@ -1,0 +1,171 @@
+"""The controller end of reverse tunnels: callback keys, ports, and the sshd they meet.
+
+The controller end is OpenSSH's own ``sshd``.  Each node gets its own callback
+key and a few ports on the controller's loopback (CONTROLLER_PORT), allocated in
+the state store without collisions.  The key may do one thing only: listen on
+its own ports.  ``restrict`` drops pty, agent, X11 and user-rc; ``port-forwarding``
+re-enables forwarding, and ``permitlisten`` pins it to exactly the node's ports.
+``permitlisten`` does not cover Unix-socket forwards, and ``restrict`` does not
+stop a command, so the callback user is a dedicated unprivileged account whose
+``Match User`` block (:func:`sshd_match_block`) closes the rest.
+
+A node gets more than one port because a node that vanishes without a clean
+close leaves its old session holding its forward until sshd gives up on it;
+the returning node simply binds its next port, at once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Final
+
+from .._config import Config
+from .._exceptions import ConfigError
+from .._sshkeys import generate_ed25519, parse_public_key, read_public_key
+from ..state import Store, Tunnel
+
+__all__ = [
+    "CONTROLLER_HOST_ALIAS",
+    "add_tunnel",
+    "authorized_keys_text",
+    "callback_config_text",
+    "controller_known_hosts_text",
+    "probe_tunnel_port",
+    "remove_tunnel",
+    "sshd_match_block",
+    "write_authorized_keys",
+]
+
+#: The name under which nodes pin the controller's host key (its address may change).
+CONTROLLER_HOST_ALIAS: Final = "autoreg-controller"
+#: Seconds a tunnel probe waits for the node's sshd banner through the forward.
+PROBE_TIMEOUT: Final = 2.0
+
+
+def authorized_keys_text(tunnels: list[Tunnel]) -> str:
+    lines = [
+        "# Managed by autoreg (autoreg tunnel add/remove): one line per node.",
+        "# Each key may only listen on its node's own ports on the loopback.",
+    ]
+    for tunnel in tunnels:
+        key = parse_public_key(tunnel.public_key, source=f"tunnel {tunnel.node_id}")
+        listen = ",".join(f'permitlisten="127.0.0.1:{port}"' for port in tunnel.ports)
+        lines.append(
+            f'restrict,port-forwarding,{listen},command="/bin/false" '
+            f"{key.key_type} {key.openssh.split()[1]} autoreg-callback:{tunnel.node_id}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_authorized_keys(config: Config, store: Store) -> Path:
+    """Rewrite the callback user's authorized_keys from the store, atomically."""
+    path = config.controller.callback_authorized_keys
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(authorized_keys_text(store.tunnels()))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def add_tunnel(
+    config: Config,
+    store: Store,
+    node_id: str,
+    *,
+    public_key: str | None,
+    generate_into: Path | None,
+) -> tuple[Tunnel, Path | None]:
+    """Allocate ports for ``node_id`` and authorise its callback key.
+
+    Either ``public_key`` (an OpenSSH line) or ``generate_into`` (a directory where a
+    new key pair is created for the node's install medium) must be given.
+    """
+    private: Path | None = None
+    if generate_into is not None:
+        private = generate_into / f"{node_id}_callback_ed25519"
+        public_key = generate_ed25519(private, comment=f"autoreg-callback:{node_id}").openssh
+    if public_key is None:
+        raise ConfigError("give the node's callback public key, or --generate a key pair")
+    parse_public_key(public_key, source=f"callback key of {node_id}")
+    ctl = config.controller
+    tunnel = store.allocate_tunnel(
+        node_id, public_key.strip(), count=ctl.tunnel_ports_per_node, port_range=ctl.tunnel_ports
+    )
+    write_authorized_keys(config, store)
+    return tunnel, private
+
+
+def remove_tunnel(config: Config, store: Store, node_id: str) -> bool:
+    removed = store.remove_tunnel(node_id)
+    write_authorized_keys(config, store)
+    return removed
+
+
+def sshd_match_block(config: Config) -> str:
+    """The sshd_config block for the callback user (docs/admin.md explains each line)."""
+    ctl = config.controller
+    return "\n".join(
+        [
+            f"# autoreg: reverse tunnels from nodes. The callback user {ctl.callback_user} is a",
+            "# dedicated unprivileged account; its keys may only listen on their own ports.",
+            f"Match User {ctl.callback_user}",
+            f"    AuthorizedKeysFile {ctl.callback_authorized_keys}",
+            "    AuthenticationMethods publickey",
+            "    PasswordAuthentication no",
+            "    KbdInteractiveAuthentication no",
+            "    AllowTcpForwarding remote",
+            "    AllowStreamLocalForwarding no",
+            "    PermitOpen none",
+            "    GatewayPorts no",
+            "    X11Forwarding no",
+            "    AllowAgentForwarding no",
+            "    PermitTTY no",
+            "    PermitTunnel no",
+            "    PermitUserRC no",
+            "    ForceCommand /bin/false",
+            "    ClientAliveInterval 10",
+            "    ClientAliveCountMax 3",
+            "",
+        ]
+    )
+
+
+def controller_known_hosts_text(config: Config) -> str:
+    """The pin a node needs for the controller's sshd (under an alias: addresses change)."""
+    key = read_public_key(config.controller.sshd_host_key)
+    return f"{CONTROLLER_HOST_ALIAS} {key.key_type} {key.openssh.split()[1]}\n"
+
+
+def callback_config_text(
+    config: Config, tunnel: Tunnel, *, controller: str, key_path: str, known_hosts_path: str
+) -> str:
+    """The node's ``[callback]`` section for this allocation."""
+    return "\n".join(
+        [
+            "[callback]",
+            f"controller = {controller}",
+            f"port = {config.callback.port}",
+            f"user = {config.controller.callback_user}",
+            f"key = {key_path}",
+            f"known_hosts = {known_hosts_path}",
+            f"listen_ports = {', '.join(map(str, tunnel.ports))}",
+            "",
+        ]
+    )
+
+
+def probe_tunnel_port(port: int, *, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """The SSH banner a node's sshd sends through its tunnel on ``port``, None if none."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            banner = sock.recv(256)
+    except OSError:
+        return None
+    text = banner.decode("ascii", "replace").strip()
+    return text if text.startswith("SSH-") else None
