@@ -303,7 +303,7 @@ def load_config(
     if path is None:
         path = Path(env.get("AUTOREG_CONFIG", str(DEFAULT_CONFIG_PATH)))
     values: dict[str, dict[str, tuple[str, str]]] = {section: {} for section in _SCHEMA}
-    role_sections: dict[str, dict[str, str]] = {}
+    role_sections: dict[str, dict[str, str]] = {}  # [role:…] and [cluster:…]
     used_path: Path | None = None
     if path.exists() or explicit:
         _read_file(path, values, role_sections)
@@ -373,7 +373,7 @@ def _build(
     top = parsed["autoreg"]
     profile = load_profile(
         top.get("profile_ref", "eucalyptus"),
-        role_sections,
+        {s: v for s, v in role_sections.items() if s.startswith(ROLE_SECTION_PREFIX)},
         overrides_source=str(path or "configuration"),
     )
     node = NodeConfig(**parsed["node"])
