@@ -38,6 +38,7 @@ ENV_OVERRIDES: Final[Mapping[str, str]] = {
     "AUTOREG_LOG_LEVEL": "autoreg.log_level",
     "AUTOREG_INTERFACES": "autoreg.interfaces",
     "AUTOREG_PROFILE": "autoreg.profile",
+    "AUTOREG_TRANSPORT": "autoreg.transport",
     "AUTOREG_HOOKS_DIR": "controller.hooks_dir",
 }
 
@@ -129,6 +130,7 @@ class Config:
     log_level: str = "info"
     interfaces: tuple[str, ...] = ()
     profile_ref: str = "eucalyptus"
+    transport: str = "auto"
     node: NodeConfig = dataclasses.field(default_factory=NodeConfig)
     controller: ControllerConfig = dataclasses.field(default_factory=ControllerConfig)
     callback: CallbackConfig = dataclasses.field(default_factory=CallbackConfig)
@@ -208,6 +210,13 @@ def _host_port(value: str) -> str:
     return value.strip()
 
 
+def _transport(value: str) -> str:
+    lowered = value.strip().lower()
+    if lowered not in ("auto", "zeroconf", "avahi"):
+        raise ValueError("want auto, zeroconf or avahi")
+    return lowered
+
+
 def _log_level(value: str) -> str:
     lowered = value.strip().lower()
     if lowered not in ("debug", "info", "warning", "error"):
@@ -229,6 +238,7 @@ _SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Parser]]]] = {
         "log_level": ("log_level", _log_level),
         "interfaces": ("interfaces", _words),
         "profile": ("profile_ref", str.strip),
+        "transport": ("transport", _transport),
     },
     "node": {
         "role": ("role", _opt_str),

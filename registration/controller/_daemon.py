@@ -26,7 +26,7 @@ from typing import Any, Final
 import paramiko
 
 from .._config import Config
-from .._exceptions import AnnouncementError, ConfigError
+from .._exceptions import AnnouncementError, AutoregError, ConfigError
 from .._threads import ThreadLimiter
 from .._version import __version__
 from ..node import NodeIdentity, self_registration_state
@@ -146,8 +146,7 @@ class Daemon:
             asyncio.ensure_future(self._reconcile_loop()),
             asyncio.ensure_future(self._watch_store()),
         ]
-        if Registrar(self.role, self.cluster, self.config.profile).needs_self_registration:
-            self._tasks.append(asyncio.ensure_future(self._watch_self()))
+        self._tasks.append(asyncio.ensure_future(self._watch_self()))
         self._lockdown = await self._db.run(store.lockdown)
         await self._announce_self()
         self._write_status()
@@ -491,8 +490,14 @@ class Daemon:
         return await self._db.run(self_registration_state, self.config.node) is not None
 
     async def _watch_self(self) -> None:
+        """This registrar's own standing, and its announcement (repaired if lost)."""
         while True:
             await asyncio.sleep(self.config.node.poll_interval)
+            if self._publication is not None:
+                try:
+                    await self._publication.async_maintain()
+                except AutoregError as exc:
+                    log.warning("cannot repair the registrar announcement: %s", exc)
             now_registered = await self._check_self_registered()
             if now_registered != self._self_registered:
                 self._self_registered = now_registered

@@ -63,6 +63,10 @@ class Announcer:
                     break
                 try:
                     await self._publish(self._snapshot())
+                    if await self._publication.async_maintain():
+                        log.info(
+                            "re-announced %s after the responder lost it", self._publication.name
+                        )
                 except AutoregError as exc:  # e.g. interface lost its address: keep going
                     log.warning("cannot refresh the announcement: %s", exc)
         finally:

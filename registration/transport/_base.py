@@ -1,17 +1,38 @@
 """The transport interface: publish and browse DNS-SD services.
 
-Implementations: python-zeroconf (embedded, the default).  ``async_*``
+Implementations: python-zeroconf (embedded) and avahi-daemon over D-Bus.  ``async_*``
 methods run on the event loop only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Protocol
 
-from ._zeroconf import BrowseListener, Published
+__all__ = ["BrowseListener", "Published", "ResolvedService", "Transport"]
 
-__all__ = ["Transport"]
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResolvedService:
+    """A resolved DNS-SD instance: what the protocol codec needs."""
+
+    name: str
+    port: int
+    properties: Mapping[bytes, bytes | None]
+
+
+class BrowseListener(Protocol):
+    def service_resolved(self, service: ResolvedService) -> None: ...
+
+    def service_removed(self, name: str) -> None: ...
+
+
+@dataclasses.dataclass(slots=True)
+class Published:
+    """A service this process publishes; each transport keeps its own handle in a subclass."""
+
+    name: str
 
 
 class Transport(Protocol):
@@ -39,5 +60,9 @@ class Transport(Protocol):
     ) -> None: ...
 
     async def async_withdraw(self, published: Published) -> None: ...
+
+    async def async_maintain(self, published: Published) -> bool:
+        """Repair the publication if the responder lost it; True when it re-published."""
+        ...
 
     async def async_browse(self, service_type: str, listener: BrowseListener) -> None: ...

@@ -7,8 +7,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from ..protocol import instance_name
-from ._base import Transport
-from ._zeroconf import Published
+from ._base import Published, Transport
 
 __all__ = ["PUBLISH_TIMEOUT", "Publication"]
 
@@ -54,6 +53,12 @@ class Publication:
             PUBLISH_TIMEOUT,
         )
         return False
+
+    async def async_maintain(self) -> bool:
+        """Let the transport repair a publication its responder lost (e.g. it restarted)."""
+        if self._published is None:
+            return False
+        return await self._transport.async_maintain(self._published)
 
     async def async_withdraw(self) -> bool:
         """Send goodbye packets; True when there was something to withdraw."""

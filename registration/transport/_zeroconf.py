@@ -16,14 +16,15 @@ import dataclasses
 import logging
 import socket
 from collections.abc import Mapping
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from zeroconf import IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from .._exceptions import TransportError
+from ._base import BrowseListener, Published, ResolvedService
 
-__all__ = ["BrowseListener", "Published", "ResolvedService", "ZeroconfTransport"]
+__all__ = ["ZeroconfPublished", "ZeroconfTransport"]
 
 log = logging.getLogger(__name__)
 
@@ -39,24 +40,9 @@ RESOLVE_BACKOFF: Final = 0.5
 SWEEP_INTERVAL: Final = 10.0
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ResolvedService:
-    """A resolved DNS-SD instance: what the protocol codec needs."""
-
-    name: str
-    port: int
-    properties: Mapping[bytes, bytes | None]
-
-
-class BrowseListener(Protocol):
-    def service_resolved(self, service: ResolvedService) -> None: ...
-
-    def service_removed(self, name: str) -> None: ...
-
-
 @dataclasses.dataclass(slots=True)
-class Published:
-    info: AsyncServiceInfo
+class ZeroconfPublished(Published):
+    info: AsyncServiceInfo | None = None
 
 
 class ZeroconfTransport:
@@ -112,11 +98,12 @@ class ZeroconfTransport:
             )
         except Exception as exc:
             raise TransportError(f"cannot publish {instance}: {exc}") from exc
-        return Published(info)
+        return ZeroconfPublished(name=info.name, info=info)
 
     async def async_update(
         self, published: Published, *, ip: str, port: int, txt: Mapping[str, str]
     ) -> None:
+        assert isinstance(published, ZeroconfPublished) and published.info is not None
         old = published.info
         info = _service_info(
             old.type,
@@ -131,8 +118,15 @@ class ZeroconfTransport:
 
     async def async_withdraw(self, published: Published) -> None:
         """Send goodbye packets (TTL 0, RFC 6762 §10.1)."""
+        assert isinstance(published, ZeroconfPublished)
+        if published.info is None:
+            return
         with contextlib.suppress(Exception):
             await (await self.zeroconf.async_unregister_service(published.info))
+
+    async def async_maintain(self, published: Published) -> bool:
+        """Nothing to repair: the embedded responder lives and dies with this process."""
+        return False
 
     # -- browsing ----------------------------------------------------------------
 

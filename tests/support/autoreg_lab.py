@@ -65,6 +65,8 @@ class Station:
     extra: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     callback: Proc | None = None
     callback_sshd: Sshd | None = None
+    #: Extra environment for this station's processes (e.g. a private system bus).
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def conf(self) -> Path:
@@ -93,6 +95,8 @@ class Station:
                 "keys_dir": str(self.keys_dir),
                 "interfaces": self.host.ifname,
                 "log_level": "info",
+                # never "auto" here: the machine's own avahi-daemon must not be used
+                "transport": "zeroconf",
             },
             "node": {
                 "id": self.node_id,
@@ -134,7 +138,7 @@ class Station:
     def start_announcer(self, *, wait: bool = True) -> Proc:
         self.write_config()
         self.announcer = self.host.spawn(
-            autoreg_argv("-c", str(self.conf), "announce"), log_name="announce"
+            autoreg_argv("-c", str(self.conf), "announce"), log_name="announce", env=self.env or None
         )
         if wait:
             self.announcer.wait_for_log(r"announced ", DEFAULT_TIMEOUT)
@@ -143,7 +147,7 @@ class Station:
     def start_daemon(self) -> Proc:
         self.write_config()
         self.daemon = self.host.spawn(
-            autoreg_argv("-c", str(self.conf), "daemon"), log_name="daemon"
+            autoreg_argv("-c", str(self.conf), "daemon"), log_name="daemon", env=self.env or None
         )
         self.daemon.wait_for_log(r"registrar \S+ started", DEFAULT_TIMEOUT)
         return self.daemon
@@ -169,12 +173,14 @@ class Station:
         """The node's callback service (`autoreg callback`), after :meth:`AutoregLab.tunnel`."""
         self.write_config()
         self.callback = self.host.spawn(autoreg_argv("-c", str(self.conf), "callback"),
-                                        log_name="callback")
+                                        log_name="callback", env=self.env or None)
         if wait:
             self.callback.wait_for_log(r"tunnel up", DEFAULT_TIMEOUT)
         return self.callback
 
-    def start_callback_sshd(self, *, port: int = CALLBACK_PORT, reuse_key: bool = False) -> Sshd:
+    def start_callback_sshd(
+        self, *, port: int = CALLBACK_PORT, reuse_key: bool = False, log_level: str = "VERBOSE"
+    ) -> Sshd:
         """This registrar's sshd for callbacks: OpenSSH, with autoreg's Match block."""
         self.extra.setdefault("controller", {}).update({
             "callback_user": CALLBACK_USER,
@@ -185,8 +191,9 @@ class Station:
             self.cli("tunnel", "list", "--no-probe", check=False)  # creates the store
             (self.host.workdir / "callback_authorized_keys").write_text("")
         match = self.cli("tunnel", "sshd-config").stdout
-        self.callback_sshd = self.host.start_sshd(port=port, extra_config=match,
-                                                  reuse_key=reuse_key)
+        self.callback_sshd = self.host.start_sshd(
+            port=port, extra_config=match, reuse_key=reuse_key, log_level=log_level
+        )
         self.extra["controller"]["sshd_host_key"] = f"{self.callback_sshd.host_key_path}.pub"
         self.write_config()
         return self.callback_sshd
@@ -259,9 +266,17 @@ class AutoregLab:
         return station
 
     def node(
-        self, name: str, role: str, *, cluster: str | None = None, node_id: str | None = None
+        self,
+        name: str,
+        role: str,
+        *,
+        cluster: str | None = None,
+        node_id: str | None = None,
+        lab: Lab | None = None,
     ) -> Station:
-        return self._station(name, role, cluster, with_sshd=True, node_id=node_id)
+        """A node with its sshd; ``lab`` puts its host on another network (e.g. an inner
+        one only a proxy reaches), still managed and authorised by this AutoregLab."""
+        return self._station(name, role, cluster, with_sshd=True, node_id=node_id, lab=lab)
 
     def _station(
         self,
@@ -271,8 +286,9 @@ class AutoregLab:
         *,
         with_sshd: bool,
         node_id: str | None = None,
+        lab: Lab | None = None,
     ) -> Station:
-        host = self.lab.add_host(name)
+        host = (lab or self.lab).add_host(name)
         node_id = node_id or f"{name}-{host.ip.split('.')[-1]}x"
         station = Station(self, host, node_id=node_id, role=role, cluster=cluster)
         if with_sshd:
@@ -300,6 +316,53 @@ class AutoregLab:
         }
         node.write_config()
         return ports
+
+    def tunnels(self, nodes: list[Station], controller: Station) -> dict[str, list[int]]:
+        """:meth:`tunnel` for many nodes at once, in-process (no CLI run per node).
+
+        Does what `autoreg tunnel add --generate` does, through the same library call,
+        then writes each node's ``[callback]`` section.  Touches files only.
+        """
+        from registration._config import load_config
+        from registration.controller._tunnels import add_tunnel, controller_known_hosts_text
+
+        controller.write_config()
+        config = load_config(controller.conf)
+        pin = controller_known_hosts_text(config)
+        allocated: dict[str, list[int]] = {}
+        with Store(config.db_path) as store:
+            for node in nodes:
+                keydir = node.host.workdir / "callback-keys"
+                keydir.mkdir(exist_ok=True)
+                tunnel, _ = add_tunnel(
+                    config, store, node.node_id, public_key=None, generate_into=keydir
+                )
+                known = node.host.workdir / "controller_known_hosts"
+                known.write_text(pin)
+                allocated[node.node_id] = list(tunnel.ports)
+                node.extra["callback"] = self._callback_section(
+                    node, controller, keydir, known, list(tunnel.ports)
+                )
+                node.write_config()
+        return allocated
+
+    @staticmethod
+    def _callback_section(
+        node: Station, controller: Station, keydir: Path, known: Path, ports: list[int]
+    ) -> dict[str, str]:
+        return {
+            "controller": controller.host.ip,
+            "port": str(CALLBACK_PORT),
+            "user": CALLBACK_USER,
+            "key": str(keydir / f"{node.node_id}_callback_ed25519"),
+            "known_hosts": str(known),
+            "listen_ports": ", ".join(map(str, ports)),
+            "forward": f"{node.host.ip}:{node.sshd.port if node.sshd else 22}",
+            "keepalive_interval": "1",
+            "keepalive_count": "3",
+            "retry_initial": "0.2",
+            "retry_max": "2",
+        }
 
     def authorize_all(self) -> None:
         """Put every registrar's key into every node's authorized_keys."""
