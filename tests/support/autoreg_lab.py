@@ -138,7 +138,9 @@ class Station:
     def start_announcer(self, *, wait: bool = True) -> Proc:
         self.write_config()
         self.announcer = self.host.spawn(
-            autoreg_argv("-c", str(self.conf), "announce"), log_name="announce", env=self.env or None
+            autoreg_argv("-c", str(self.conf), "announce"),
+            log_name="announce",
+            env=self.env or None,
         )
         if wait:
             self.announcer.wait_for_log(r"announced ", DEFAULT_TIMEOUT)
@@ -172,8 +174,11 @@ class Station:
     def start_callback(self, *, wait: bool = True) -> Proc:
         """The node's callback service (`autoreg callback`), after :meth:`AutoregLab.tunnel`."""
         self.write_config()
-        self.callback = self.host.spawn(autoreg_argv("-c", str(self.conf), "callback"),
-                                        log_name="callback", env=self.env or None)
+        self.callback = self.host.spawn(
+            autoreg_argv("-c", str(self.conf), "callback"),
+            log_name="callback",
+            env=self.env or None,
+        )
         if wait:
             self.callback.wait_for_log(r"tunnel up", DEFAULT_TIMEOUT)
         return self.callback
@@ -182,10 +187,12 @@ class Station:
         self, *, port: int = CALLBACK_PORT, reuse_key: bool = False, log_level: str = "VERBOSE"
     ) -> Sshd:
         """This registrar's sshd for callbacks: OpenSSH, with autoreg's Match block."""
-        self.extra.setdefault("controller", {}).update({
-            "callback_user": CALLBACK_USER,
-            "callback_authorized_keys": str(self.host.workdir / "callback_authorized_keys"),
-        })
+        self.extra.setdefault("controller", {}).update(
+            {
+                "callback_user": CALLBACK_USER,
+                "callback_authorized_keys": str(self.host.workdir / "callback_authorized_keys"),
+            }
+        )
         self.write_config()
         if not (self.host.workdir / "callback_authorized_keys").exists():
             self.cli("tunnel", "list", "--no-probe", check=False)  # creates the store
@@ -301,18 +308,30 @@ class AutoregLab:
         """Allocate ``node``'s tunnel on ``controller`` and configure its callback."""
         keydir = node.host.workdir / "callback-keys"
         keydir.mkdir(exist_ok=True)
-        out = controller.cli("tunnel", "add", node.node_id, "--generate", str(keydir),
-                             "--controller", controller.host.ip).stdout
+        out = controller.cli(
+            "tunnel",
+            "add",
+            node.node_id,
+            "--generate",
+            str(keydir),
+            "--controller",
+            controller.host.ip,
+        ).stdout
         known = node.host.workdir / "controller_known_hosts"
         known.write_text(controller.cli("tunnel", "known-hosts").stdout)
         ports = [int(p) for p in out.split("listen_ports =")[1].splitlines()[0].split(",")]
         node.extra["callback"] = {
-            "controller": controller.host.ip, "port": str(CALLBACK_PORT), "user": CALLBACK_USER,
+            "controller": controller.host.ip,
+            "port": str(CALLBACK_PORT),
+            "user": CALLBACK_USER,
             "key": str(keydir / f"{node.node_id}_callback_ed25519"),
-            "known_hosts": str(known), "listen_ports": ", ".join(map(str, ports)),
+            "known_hosts": str(known),
+            "listen_ports": ", ".join(map(str, ports)),
             "forward": f"{node.host.ip}:{node.sshd.port if node.sshd else 22}",
-            "keepalive_interval": "1", "keepalive_count": "3",
-            "retry_initial": "0.2", "retry_max": "2",
+            "keepalive_interval": "1",
+            "keepalive_count": "3",
+            "retry_initial": "0.2",
+            "retry_max": "2",
         }
         node.write_config()
         return ports
