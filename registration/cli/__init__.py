@@ -346,7 +346,7 @@ def status(obj: _Ctx, as_json: bool) -> None:
         click.echo(f"controller key: {report['controller_key'] or 'none (autoreg keys init)'}")
 
 
-from . import _reach_cmds, _steer  # noqa: E402,F401  - they register their commands on ``cli``
+from . import _media_cmds, _reach_cmds, _steer  # noqa: E402,F401  - they register on ``cli``
 
 
 def main() -> None:
