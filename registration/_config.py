@@ -305,8 +305,11 @@ def load_config(
     """Load and validate the configuration.
 
     ``path`` None means ``$AUTOREG_CONFIG`` or the default path, which may be
-    absent (defaults apply); an explicitly named file must exist.  ``overrides``
-    maps ``section.key`` to a value (from command-line flags; None = not given).
+    absent (defaults apply); an explicitly named file must exist.  Files in
+    ``<path>.d/*.conf`` are read after it, in name order, each overriding what
+    came before (packages and install media drop their settings there, so the
+    main file stays the admin's).  ``overrides`` maps ``section.key`` to a value
+    (from command-line flags; None = not given).
     """
     env = os.environ if env is None else env
     explicit = path is not None or "AUTOREG_CONFIG" in env
@@ -318,6 +321,11 @@ def load_config(
     if path.exists() or explicit:
         _read_file(path, values, role_sections)
         used_path = path
+    dropins = path.with_name(path.name + ".d")
+    if dropins.is_dir():
+        for dropin in sorted(dropins.glob("*.conf")):
+            _read_file(dropin, values, role_sections)
+            used_path = used_path or dropin
     for var, dotted in ENV_OVERRIDES.items():
         if env.get(var):
             _set(values, dotted, env[var], source=f"environment {var}")
