@@ -27,13 +27,22 @@ class Publication:
         self._host = f"autoreg-{node_id}.local."
         self._probe = probe
         self._published: Published | None = None
+        # One change at a time: a second publish while the first is still being
+        # announced would register the same name twice.
+        self._lock = asyncio.Lock()
+        self._name = f"{self._instance}.{self._type}"
 
     @property
     def name(self) -> str:
-        return f"{self._instance}.{self._type}"
+        """The full service name; a transport may have renamed it after a collision."""
+        return self._published.name if self._published is not None else self._name
 
     async def async_set(self, *, ip: str, port: int, txt: Mapping[str, str]) -> bool:
         """Publish or update; True when this call published for the first time."""
+        async with self._lock:
+            return await self._set(ip=ip, port=port, txt=txt)
+
+    async def _set(self, *, ip: str, port: int, txt: Mapping[str, str]) -> bool:
         if self._published is None:
             self._published = await asyncio.wait_for(
                 self._transport.async_publish(
@@ -56,14 +65,16 @@ class Publication:
 
     async def async_maintain(self) -> bool:
         """Let the transport repair a publication its responder lost (e.g. it restarted)."""
-        if self._published is None:
-            return False
-        return await self._transport.async_maintain(self._published)
+        async with self._lock:
+            if self._published is None:
+                return False
+            return await self._transport.async_maintain(self._published)
 
     async def async_withdraw(self) -> bool:
         """Send goodbye packets; True when there was something to withdraw."""
         if self._published is None:
             return False
         published, self._published = self._published, None
+        self._name = published.name  # what was withdrawn, for the log
         await self._transport.async_withdraw(published)
         return True
