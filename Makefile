@@ -31,13 +31,14 @@ lint: bootstrap
 
 # The whole suite on current PyPI releases.
 test-pypi: bootstrap
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
 
 # The same code on the library versions Debian 12 ships (what the .deb runs on):
 # everything but the slow scenarios already covered above.
 test-debian: bootstrap-debian
 	$(VENV_DEBIAN)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS) \
-		tests/protocol tests/config tests/state tests/controller tests/integration/test_core_loop.py \
+		tests/protocol tests/config tests/state tests/controller tests/node tests/media \
+		tests/integration/test_core_loop.py \
 		-k "not uniqueness and not failing_hook"
 
 test: lint test-pypi test-debian

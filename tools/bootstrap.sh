@@ -15,8 +15,20 @@ flavour=${1:-pypi}
 root=$(cd "$(dirname "$0")/.." && pwd)
 python=/usr/bin/python3
 
+# The demo and the suite: real sshd, namespaces, firewall rules, lint.
 APT_PACKAGES="python3 python3-venv openssh-server openssh-client iproute2 procps shellcheck nftables"
-APT_DEBIAN_DEPS="python3-zeroconf python3-paramiko python3-click python3-jinja2 python3-cryptography"
+# Avahi tests: avahi-daemon and a private dbus-daemon per namespace; dbus-python builds.
+APT_PACKAGES="$APT_PACKAGES avahi-daemon avahi-utils dbus libdbus-1-dev libglib2.0-dev pkg-config"
+# Install media tests: independent ISO readers, cloud-init's schema validator (run from
+# its unpacked package, never installed) and the Debian libraries it needs.
+APT_PACKAGES="$APT_PACKAGES xorriso genisoimage python3-yaml python3-jsonschema python3-jinja2"
+APT_PACKAGES="$APT_PACKAGES python3-configobj python3-jsonpatch python3-netifaces"
+APT_PACKAGES="$APT_PACKAGES python3-oauthlib python3-requests python3-serial"
+# Package tests: build, lint, bootstrap a clean Debian 12 root.
+APT_PACKAGES="$APT_PACKAGES debhelper dh-python pybuild-plugin-pyproject python3-all"
+APT_PACKAGES="$APT_PACKAGES python3-setuptools python3-wheel python3-build python3-installer"
+APT_PACKAGES="$APT_PACKAGES lintian debootstrap fakeroot git"
+APT_DEBIAN_DEPS="python3-zeroconf python3-paramiko python3-click python3-jinja2 python3-cryptography python3-pycdlib python3-yaml python3-dbus"
 
 missing_packages() {
     for pkg in "$@"; do
@@ -47,6 +59,16 @@ apt_install() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $todo
     fi
     [ -n "$guard" ] && rm -f "$guard"
+    # An avahi-daemon we installed must never run in the root namespace (mDNS would
+    # leave through the real interface): the tests start their own, in namespaces.
+    case " $todo " in
+        *" avahi-daemon "*)
+            for unit in avahi-daemon.service avahi-daemon.socket; do
+                ln -sf /dev/null "/etc/systemd/system/$unit"
+            done
+            echo "bootstrap: masked avahi-daemon in the root namespace (tests run their own)"
+            ;;
+    esac
     return 0
 }
 
@@ -83,12 +105,13 @@ if [ "$flavour" = debian ]; then
     # The distro's libraries, not PyPI's: install autoreg itself without deps.
     "$venv/bin/python" -m pip install -q --no-deps -e "$root"
     "$venv/bin/python" -m pip install -q "pytest>=7.2" "pytest-timeout>=2.1" "hypothesis>=6"
+    # Debian's python3-dbus comes through the system site packages.
     "$venv/bin/python" - <<'PY'
 import click, jinja2, paramiko, zeroconf
 print("bootstrap: Debian versions:", "zeroconf", zeroconf.__version__, "paramiko",
       paramiko.__version__, "click", click.__version__, "jinja2", jinja2.__version__)
 PY
 else
-    "$venv/bin/python" -m pip install -q -e "${root}[test,dev]"
+    "$venv/bin/python" -m pip install -q -e "${root}[test,dev,avahi]"
 fi
 echo "$want" > "$stamp"
