@@ -27,6 +27,7 @@ __all__ = [
     "keys_init",
     "keys_show",
     "manual_register",
+    "medium_material",
     "open_store",
     "retry_node",
     "set_lockdown",
@@ -204,3 +205,32 @@ def keys_show(config: Config) -> PublicKey:
             f"no controller key at {config.controller_key}; create it with `autoreg keys init`"
         )
     return read_public_key(pub)
+
+
+def medium_material(config: Config) -> dict[str, Any]:
+    """Everything an install medium takes from this controller, besides CONTROLLER_KEY.
+
+    The controller's host-key pin is None (with ``pin_error`` saying why) when the
+    sshd host key cannot be read: only media for nodes that call back need it.
+    """
+    from .controller._tunnels import controller_known_hosts_text
+
+    ctl = config.controller
+    pin: str | None = None
+    pin_error: str | None = None
+    try:
+        pin = controller_known_hosts_text(config).strip()
+    except KeyMaterialError as exc:
+        pin_error = str(exc)
+    return {
+        "controller_user": ctl.ssh_user,
+        "controller_pin": pin,
+        "controller_pin_source": str(ctl.sshd_host_key),
+        "controller_pin_error": pin_error,
+        "callback_port": config.callback.port,
+        "callback_user": ctl.callback_user,
+        "controller_port_range": list(ctl.tunnel_ports),
+        "controller_ports_per_node": ctl.tunnel_ports_per_node,
+        "callback_key": "one per node: ed25519, OpenSSH format, 0600 on the node "
+        "(autoreg media build --callback)",
+    }

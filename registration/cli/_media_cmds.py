@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
 from .. import _admin, media
 from .._exceptions import AutoregError
+from ..controller._tunnels import remove_tunnel
 from . import _Ctx, _errors, cli, pass_ctx
 from ._output import emit_json
 
@@ -41,6 +45,11 @@ def _medium_options(fn: click.decorators.FC) -> click.decorators.FC:
             help="The node calls back: allocate its tunnel, put its key on the medium.",
         ),
         click.option(
+            "--interface",
+            help="Interface to configure for DHCP (default: the primary one: cloud-init's "
+            "fallback on a seed, systemd-networkd matching e* in the script).",
+        ),
+        click.option(
             "--package",
             "packages",
             multiple=True,
@@ -52,7 +61,8 @@ def _medium_options(fn: click.decorators.FC) -> click.decorators.FC:
     return fn
 
 
-def _prepare(
+@contextlib.contextmanager
+def _prepared(
     obj: _Ctx,
     role: str,
     cluster: str | None,
@@ -61,10 +71,12 @@ def _prepare(
     controller: str,
     callback: bool,
     packages: tuple[str, ...],
-) -> media.Medium:
+    interface: str | None,
+) -> Iterator[media.Medium]:
+    """The medium; a tunnel allocated for it is released again if writing it fails."""
     config = obj.config()
     with _admin.open_store(config) as store:
-        return media.prepare_medium(
+        medium = media.prepare_medium(
             config,
             store,
             role=role,
@@ -74,6 +86,19 @@ def _prepare(
             controller=controller,
             callback=callback,
             packages=packages,
+            interface=interface,
+        )
+        try:
+            yield medium
+        except BaseException:
+            if medium.callback is not None and not medium.replaced_callback_key:
+                remove_tunnel(config, store, medium.node.node_id)
+            raise
+    if medium.replaced_callback_key:
+        click.echo(
+            f"warning: node {medium.node.node_id} had a tunnel: its callback key is replaced, "
+            "so media written for it earlier no longer call back",
+            err=True,
         )
 
 
@@ -96,11 +121,15 @@ def media_build(
     controller: str,
     callback: bool,
     packages: tuple[str, ...],
+    interface: str | None,
     output: Path,
 ) -> None:
-    """Write a cloud-init NoCloud seed ISO (label cidata) for one node."""
-    with _errors():
-        medium = _prepare(obj, role, cluster, hostname, node_id, controller, callback, packages)
+    """Write a cloud-init NoCloud seed ISO (label cidata) for one node.
+
+    The image is written with mode 0600: with --callback it holds the node's key.
+    """
+    args = (role, cluster, hostname, node_id, controller, callback, packages, interface)
+    with _errors(), _prepared(obj, *args) as medium:
         media.write_seed_iso(media.render_seed(medium), output)
         click.echo(
             f"wrote {output}: {medium.node.role} {medium.node.hostname} "
@@ -126,19 +155,41 @@ def media_script(
     controller: str,
     callback: bool,
     packages: tuple[str, ...],
+    interface: str | None,
     output: Path | None,
 ) -> None:
     """The same content as an AFTER_INSTALL script (preseed late_command, autoinstall)."""
-    with _errors():
-        medium = _prepare(obj, role, cluster, hostname, node_id, controller, callback, packages)
+    args = (role, cluster, hostname, node_id, controller, callback, packages, interface)
+    with _errors(), _prepared(obj, *args) as medium:
         text = media.render_script(medium)
         if output is None:
             click.echo(text, nl=False)
             return
-        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        click.echo(f"wrote {output} (node {medium.node.node_id})", err=True)
+        _write_private(output, text.encode(), 0o700)
+        click.echo(
+            f"wrote {output} (node {medium.node.node_id}); secrets: {medium.secrets_summary}",
+            err=True,
+        )
+
+
+def _write_private(path: Path, data: bytes, mode: int) -> None:
+    """Write ``path`` atomically with ``mode`` from its first byte (never an old file's mode)."""
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    except OSError as exc:
+        raise media.MediumError(f"{path}: cannot write: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise media.MediumError(f"{path}: cannot write: {exc.strerror}") from exc
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 @media_group.command("inspect")
@@ -154,11 +205,18 @@ def media_inspect(obj: _Ctx, image: Path, as_json: bool) -> None:
         else:
             click.echo(
                 f"{report.path}: label {report.label!r}, instance "
-                f"{report.instance_id or '-'}, host {report.hostname or '-'}, role "
-                f"{report.autoreg_role or '-'}"
+                f"{report.instance_id or '-'}, host {report.hostname or '-'}"
             )
+            where = f" of cluster {report.autoreg_cluster}" if report.autoreg_cluster else ""
+            click.echo(
+                f"  node {report.node_id or '-'}: role {report.autoreg_role or '-'}{where}, "
+                + ("calls back" if report.calls_back else "reached directly")
+            )
+            click.echo(f"  secrets: {', '.join(report.secrets) or 'none'}")
             for name, size in report.files.items():
                 click.echo(f"  {name:<16} {size:>7} bytes")
+            if report.files and "network-config" not in report.files:
+                click.echo("  (no network-config: cloud-init's fallback, DHCP on the primary NIC)")
             for problem in report.problems:
                 click.echo(f"  problem: {problem}")
             click.echo("valid NoCloud seed" if report.ok else "NOT a usable seed")

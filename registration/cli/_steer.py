@@ -149,6 +149,13 @@ def keys_init(obj: _Ctx) -> None:
         key, created = _admin.keys_init(config)
         word = "created" if created else "kept existing"
         click.echo(f"{word} {config.controller_key} ({key.fingerprint})", err=True)
+        material = _admin.medium_material(config)
+        if material["controller_pin"] is None:
+            click.echo(
+                "note: media for nodes that call back (--callback) also need the "
+                f"controller's sshd host key: {material['controller_pin_error']}",
+                err=True,
+            )
         click.echo(key.openssh)
 
 
@@ -156,10 +163,16 @@ def keys_init(obj: _Ctx) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def keys_show(obj: _Ctx, as_json: bool) -> None:
-    """Print the controller's public key and the authorized_keys line for nodes."""
+    """Print the controller's public key and what install media carry besides it.
+
+    That is: the controller's host-key pin (what nodes that call back trust),
+    CALLBACK_PORT and CALLBACK_USER, and the CONTROLLER_PORT range tunnels take
+    their ports from.  The last line is the authorized_keys line for nodes.
+    """
     with _errors():
         config = obj.config()
         key = _admin.keys_show(config)
+        material = _admin.medium_material(config)
         if as_json:
             emit_json(
                 {
@@ -167,9 +180,25 @@ def keys_show(obj: _Ctx, as_json: bool) -> None:
                     "type": key.key_type,
                     "fingerprint": key.fingerprint,
                     "public_key": key.openssh,
+                    **material,
                 }
             )
             return
-        click.echo(f"# {config.controller_key} {key.fingerprint}")
-        click.echo("# append to ~root/.ssh/authorized_keys (or the ssh_user's) on every node:")
+        first, last = material["controller_port_range"]
+        pin = material["controller_pin"] or f"none: {material['controller_pin_error']}"
+        click.echo(f"# CONTROLLER_KEY {config.controller_key} {key.fingerprint}")
+        click.echo("# what install media carry besides (autoreg media build|script):")
+        click.echo(f"#   CONTROLLER_USER  {material['controller_user']}")
+        click.echo(f"#   controller pin   {pin}")
+        click.echo(
+            f"#   CALLBACK_PORT    {material['callback_port']} "
+            f"(CALLBACK_USER {material['callback_user']})"
+        )
+        click.echo(
+            f"#   CONTROLLER_PORT  {first}-{last}, {material['controller_ports_per_node']} per node"
+        )
+        click.echo(f"#   CALLBACK_KEY     {material['callback_key']}")
+        click.echo(
+            f"# append to ~{material['controller_user']}/.ssh/authorized_keys on every node:"
+        )
         click.echo(key.openssh)

@@ -6,11 +6,17 @@ controller's public key for CONTROLLER_USER, DHCP on the primary interface and,
 for a node behind a firewall, its own callback key and the controller's
 host-key pin.  The only secret is that callback key, generated for this node
 alone and kept nowhere else (the controller keeps only its public half).
+
+The node's configuration is a drop-in, ``/etc/autoreg/autoreg.conf.d/50-medium.conf``
+(read after the main file, see :func:`registration._config.load_config`), so the
+main file stays the admin's and a package's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import re
 import secrets
 import shlex
 import tempfile
@@ -21,7 +27,7 @@ from typing import Final
 import jinja2
 
 from .._config import Config
-from .._exceptions import ConfigError
+from .._exceptions import AnnouncementError, ConfigError, KeyMaterialError
 from ..protocol import Announcement
 from ..state import Store
 
@@ -34,12 +40,29 @@ __all__ = [
     "render_seed",
 ]
 
-#: cloud-init NoCloud seed files (the volume label must be "cidata").
-SEED_FILES: Final = ("user-data", "meta-data", "network-config")
 ANNOUNCE_UNIT: Final = "autoreg-announce.service"
 CALLBACK_UNIT: Final = "autoreg-callback.service"
+#: Where the medium puts the node's configuration (a drop-in of /etc/autoreg/autoreg.conf).
+NODE_CONFIG: Final = "/etc/autoreg/autoreg.conf.d/50-medium.conf"
 NODE_CALLBACK_KEY: Final = "/etc/autoreg/keys/callback_ed25519"
 NODE_CONTROLLER_PIN: Final = "/etc/autoreg/keys/controller_known_hosts"
+#: systemd-networkd file the AFTER_INSTALL script writes for DHCP.
+NETWORKD_FILE: Final = "/etc/systemd/network/20-autoreg-dhcp.network"
+#: Interfaces the AFTER_INSTALL script's DHCP configuration matches when none is named.
+DEFAULT_INTERFACE_MATCH: Final = "e*"
+#: Delimiter of the AFTER_INSTALL script's here-documents.
+HEREDOC_END: Final = "AUTOREG_EOF"
+
+_OPTION_OF_FIELD: Final = {
+    "id": "--node-id",
+    "name": "--hostname",
+    "cluster": "--cluster",
+    "role": "--role",
+}
+_IFNAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}")
+_HOST_LABEL_RE: Final = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_USER_RE: Final = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_PACKAGE_RE: Final = re.compile(r"[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+:~-]+)?")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -57,6 +80,7 @@ class CallbackMaterial:
     known_hosts_path: str
     known_hosts: str
     ports: tuple[int, ...]
+    controller: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -69,17 +93,39 @@ class Medium:
     callback: CallbackMaterial | None
     units: tuple[str, ...]
     packages: tuple[str, ...]
-    interface_match: str = "e*"
+    #: The interface to configure for DHCP; None: the primary one (see docs/media.md).
+    interface: str | None = None
+    #: The node already had a tunnel whose callback key this medium replaced.
+    replaced_callback_key: bool = False
+    config_path: str = NODE_CONFIG
 
     @property
     def instance_id(self) -> str:
         return f"autoreg-{self.node.node_id}"
 
     @property
+    def interface_match(self) -> str:
+        return self.interface or DEFAULT_INTERFACE_MATCH
+
+    @property
     def secrets_summary(self) -> str:
         if self.callback is None:
             return "none (public keys only)"
         return f"this node's own CALLBACK_KEY (revoke: autoreg tunnel remove {self.node.node_id})"
+
+
+def _check_controller(controller: str) -> str:
+    """An address or a host name the node can dial (it lands in a config file and a script)."""
+    if controller == "auto":
+        return controller
+    try:
+        return str(ipaddress.ip_address(controller))
+    except ValueError:
+        pass
+    labels = controller.rstrip(".").split(".")
+    if len(controller) <= 253 and all(_HOST_LABEL_RE.fullmatch(label) for label in labels):
+        return controller
+    raise ConfigError(f"--controller {controller!r} is neither an IP address nor a host name")
 
 
 def prepare_medium(
@@ -93,8 +139,13 @@ def prepare_medium(
     controller: str,
     callback: bool,
     packages: Sequence[str] = (),
+    interface: str | None = None,
 ) -> Medium:
-    """Validate the request, allocate the tunnel if needed, and gather the content."""
+    """Validate the request, allocate the tunnel if needed, and gather the content.
+
+    Everything that can be checked is checked before the tunnel is allocated, so a
+    refused request leaves the state store untouched.
+    """
     from .._admin import keys_show
     from ..controller import _tunnels
 
@@ -105,26 +156,58 @@ def prepare_medium(
         )
     if spec.has_cluster and not cluster:
         raise ConfigError(f"role {role} belongs to a cluster: give --cluster")
+    if cluster and not spec.has_cluster:
+        raise ConfigError(f"role {role} has no cluster: drop --cluster {cluster}")
     node_id = node_id or secrets.token_hex(8)
     hostname = hostname or f"{role}-{node_id[:6]}"
     # The same validators as the announcement protocol: what the node will announce.
-    Announcement(
-        node_id=node_id,
-        role=role,
-        ip="192.0.2.1",
-        port=22,
-        fingerprint="SHA256:" + "A" * 43,
-        cluster=cluster,
-        name=hostname,
-    )
+    try:
+        Announcement(
+            node_id=node_id,
+            role=role,
+            ip="192.0.2.1",
+            port=22,
+            fingerprint="SHA256:" + "A" * 43,
+            cluster=cluster,
+            name=hostname,
+        )
+    except AnnouncementError as exc:
+        option = _OPTION_OF_FIELD.get(exc.field or "", exc.field or "value")
+        raise ConfigError(
+            f"{option}: {exc.reason} (the node announces it: see docs/protocol.md)"
+        ) from exc
+    if interface is not None and not _IFNAME_RE.fullmatch(interface):
+        raise ConfigError(f"--interface {interface!r} is not an interface name")
+    for package in packages:
+        if not _PACKAGE_RE.fullmatch(package):
+            raise ConfigError(f"--package {package!r} is not a Debian package name")
+    user = config.controller.ssh_user
+    if not _USER_RE.fullmatch(user):
+        raise ConfigError(f"[controller] ssh_user {user!r} is not a user name a medium can create")
+    controller = _check_controller(controller)
+    if not callback and controller != "auto":
+        raise ConfigError(
+            "--controller only matters for a node that calls back: add --callback, "
+            "or drop --controller (the controller reaches this node directly)"
+        )
     controller_key = keys_show(config)  # raises with "autoreg keys init" when missing
     material: CallbackMaterial | None = None
+    replaced = False
     if callback:
         if controller == "auto":
             raise ConfigError(
                 "a node that calls back needs --controller ADDRESS (the address "
                 "it dials from its network)"
             )
+        # The pin first: a controller without an sshd host key allocates nothing.
+        try:
+            known_hosts = _tunnels.controller_known_hosts_text(config)
+        except KeyMaterialError as exc:
+            raise KeyMaterialError(
+                f"a node that calls back pins the controller's sshd host key "
+                f"([controller] sshd_host_key): {exc}"
+            ) from exc
+        replaced = store.tunnel(node_id) is not None
         with tempfile.TemporaryDirectory(prefix="autoreg-media-") as tmp:
             tunnel, private = _tunnels.add_tunnel(
                 config, store, node_id, public_key=None, generate_into=Path(tmp)
@@ -135,20 +218,22 @@ def prepare_medium(
             key_path=NODE_CALLBACK_KEY,
             private_key=private_key,
             known_hosts_path=NODE_CONTROLLER_PIN,
-            known_hosts=_tunnels.controller_known_hosts_text(config),
+            known_hosts=known_hosts,
             ports=tunnel.ports,
+            controller=controller,
         )
-    user = config.controller.ssh_user
     units = (ANNOUNCE_UNIT, CALLBACK_UNIT) if material else (ANNOUNCE_UNIT,)
     return Medium(
         node=NodeSpec(role=role, cluster=cluster, hostname=hostname, node_id=node_id),
-        autoreg_conf=_autoreg_conf(config, role, cluster, node_id, hostname, controller, material),
+        autoreg_conf=_autoreg_conf(config, role, cluster, node_id, hostname, material),
         controller_user=user,
         controller_home="/root" if user == "root" else f"/home/{user}",
         controller_public_key=controller_key.openssh,
         callback=material,
         units=units,
         packages=tuple(packages),
+        interface=interface,
+        replaced_callback_key=replaced,
     )
 
 
@@ -158,11 +243,11 @@ def _autoreg_conf(
     cluster: str | None,
     node_id: str,
     hostname: str,
-    controller: str,
     material: CallbackMaterial | None,
 ) -> str:
     lines = [
         "# autoreg configuration of this node, from its install medium.",
+        "# A drop-in: it overrides /etc/autoreg/autoreg.conf (edit or delete it to change).",
         "[autoreg]",
         "transport = auto",
         "",
@@ -175,7 +260,7 @@ def _autoreg_conf(
     if material is not None:
         lines += [
             "[callback]",
-            f"controller = {controller}",
+            f"controller = {material.controller}",
             f"port = {config.callback.port}",
             f"user = {config.controller.callback_user}",
             f"key = {material.key_path}",
@@ -186,6 +271,15 @@ def _autoreg_conf(
     return "\n".join(lines)
 
 
+def _heredoc(text: str) -> str:
+    """``text`` as the body of a quoted here-document ending in ``HEREDOC_END``."""
+    if not text.endswith("\n"):
+        text += "\n"
+    if HEREDOC_END in text.splitlines():
+        raise ConfigError(f"content holds a line {HEREDOC_END!r}: cannot put it in a script")
+    return text
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("registration.media", "templates"),
@@ -194,6 +288,7 @@ def _environment() -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters["shell_quote"] = shlex.quote
+    env.filters["heredoc"] = _heredoc
     return env
 
 
@@ -201,23 +296,41 @@ def _context(medium: Medium) -> dict[str, object]:
     return {
         "node": medium.node,
         "autoreg_conf": medium.autoreg_conf,
+        "config_path": medium.config_path,
         "controller_user": medium.controller_user,
         "controller_home": medium.controller_home,
         "controller_public_key": medium.controller_public_key,
         "callback": medium.callback,
         "units": medium.units,
         "packages": medium.packages,
+        "interface": medium.interface,
         "interface_match": medium.interface_match,
+        "networkd_file": NETWORKD_FILE,
         "instance_id": medium.instance_id,
         "secrets_summary": medium.secrets_summary,
+        "heredoc_end": HEREDOC_END,
     }
 
 
+def seed_files(medium: Medium) -> tuple[str, ...]:
+    """The NoCloud files of this medium: network-config only for a named interface.
+
+    Without one, cloud-init's own fallback applies (DHCP on the interface most likely
+    connected, pinned by MAC), which every renderer gets right; a v2 ``match: name``
+    glob would not be (cloud-init 22.4 renders it for ifupdown as an interface
+    literally named after the YAML key).
+    """
+    names = ("user-data", "meta-data")
+    return (*names, "network-config") if medium.interface else names
+
+
 def render_seed(medium: Medium) -> dict[str, bytes]:
-    """The NoCloud seed files: user-data, meta-data, network-config."""
+    """The NoCloud seed files: user-data, meta-data and, with an interface, network-config."""
     env = _environment()
     context = _context(medium)
-    return {name: env.get_template(f"{name}.j2").render(context).encode() for name in SEED_FILES}
+    return {
+        name: env.get_template(f"{name}.j2").render(context).encode() for name in seed_files(medium)
+    }
 
 
 def render_script(medium: Medium) -> str:

@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 
 from registration._config import ENV_OVERRIDES
 from registration.cli import cli
-from registration.state import NodeState, Store
+from registration.state import SCHEMA_VERSION, NodeState, Store
 
 FP = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s"
 
@@ -355,7 +355,7 @@ def test_status_json_with_state(env: Env) -> None:
     report = env.json("status", "--json")
     assert report["nodes"] == {"seen": 1}
     assert report["lockdown"] == {"cc": True}
-    assert report["schema_version"] == 1
+    assert report["schema_version"] == SCHEMA_VERSION
     assert report["controller_key"] == fingerprint
     text = env.ok("status").stdout
     assert "daemon: not running" in text
