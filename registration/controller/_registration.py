@@ -96,13 +96,19 @@ class Registration:
         try:
             session = await self._connect(rec, authenticate=False)
         except FingerprintMismatch as exc:
+            if exc.announced == rec.fingerprint:
+                what = f"host key {exc.actual} does not match the announced {exc.announced}"
+            else:  # a hop on the way (the cluster's proxy) is not the host pinned for it
+                what = (
+                    f"the proxy {exc.host}:{exc.port} presented host key {exc.actual}, "
+                    f"not its pinned proxy_fingerprint {exc.announced}"
+                )
             return await self._record(
                 rec,
                 NodeState.REJECTED,
-                f"host key {exc.actual} does not match the announced {exc.announced}: "
-                "possible spoofing; not registered",
+                f"{what}: possible spoofing; not registered",
                 kind="spoofing",
-                data={"announced": exc.announced, "actual": exc.actual},
+                data={"announced": exc.announced, "actual": exc.actual, "host": exc.host},
                 attempts=attempt,
             )
         except SSHError as exc:

@@ -187,16 +187,25 @@ class Station:
         self, *, port: int = CALLBACK_PORT, reuse_key: bool = False, log_level: str = "VERBOSE"
     ) -> Sshd:
         """This registrar's sshd for callbacks: OpenSSH, with autoreg's Match block."""
-        self.extra.setdefault("controller", {}).update(
-            {
-                "callback_user": CALLBACK_USER,
-                "callback_authorized_keys": str(self.host.workdir / "callback_authorized_keys"),
-            }
-        )
+        controller = self.extra.setdefault("controller", {})
+        if "callback_authorized_keys" not in controller:
+            # sshd reads this file as the callback user, who must be able to get to it:
+            # not below the workdir (pytest's tmp_path is inside a 0700 directory).
+            directory = self.host.lab.public_dir / self.host.name
+            directory.mkdir(exist_ok=True)
+            directory.chmod(0o755)
+            controller.update(
+                {
+                    "callback_user": CALLBACK_USER,
+                    "callback_authorized_keys": str(directory / "callback_authorized_keys"),
+                }
+            )
+        keys = Path(controller["callback_authorized_keys"])
         self.write_config()
-        if not (self.host.workdir / "callback_authorized_keys").exists():
+        if not keys.exists():
             self.cli("tunnel", "list", "--no-probe", check=False)  # creates the store
-            (self.host.workdir / "callback_authorized_keys").write_text("")
+            keys.write_text("")
+            keys.chmod(0o644)
         match = self.cli("tunnel", "sshd-config").stdout
         self.callback_sshd = self.host.start_sshd(
             port=port, extra_config=match, reuse_key=reuse_key, log_level=log_level

@@ -4,6 +4,10 @@ A :class:`Lab` owns one "switch" namespace holding a bridge (``br0``, multicast
 snooping off so mDNS floods) and one namespace per :class:`Host`.  Each host gets
 ``eth0`` (one end of a veth pair) with ``198.18.<index>.<n>/24`` and a multicast
 route; the peer end lives in the switch namespace, enslaved to the bridge.
+``Lab.attach(host)`` plugs a host of another lab in too (a multi-homed proxy or
+gateway between two networks).  Faults are made inside the host's namespace:
+``drop_inbound_tcp`` (a port), ``drop_inbound_from`` (one peer's connection),
+``unplug``/``plug`` (every packet on eth0, both ways).
 Nothing is ever added to the root namespace.  ``Lab.close()`` (also run by the
 context manager and an ``atexit`` hook) kills everything the lab started and
 deletes its namespaces.  Requires root; otherwise :class:`LabUnavailable`.
@@ -19,6 +23,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import warnings
@@ -55,6 +60,27 @@ _NFT_TABLE = b"""table inet netlab {
   chain input {
     type filter hook input priority 0; policy accept;
     iifname "eth0" tcp dport @blocked_tcp drop;
+  }
+}
+"""
+_NFT_FROM_SET = ("inet", "netlab_from", "blocked_from")
+_NFT_FROM = b"""table inet netlab_from {
+  set blocked_from { type ipv4_addr . inet_service; }
+  chain input {
+    type filter hook input priority -5; policy accept;
+    iifname "eth0" ip saddr . tcp sport @blocked_from drop;
+  }
+}
+"""
+_NFT_CUT_TABLE = ("inet", "netlab_cut")
+_NFT_CUT = b"""table inet netlab_cut {
+  chain input {
+    type filter hook input priority -10; policy accept;
+    iifname "eth0" drop;
+  }
+  chain output {
+    type filter hook output priority -10; policy accept;
+    oifname "eth0" drop;
   }
 }
 """
@@ -212,6 +238,63 @@ def _kill_namespace_members(netns: str) -> list[int]:
     return killed
 
 
+def _parents() -> dict[int, int]:
+    """pid -> ppid for every process visible now."""
+    out: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # The command name may contain spaces and parentheses: fields follow the last ')'.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        with contextlib.suppress(IndexError, ValueError):
+            out[int(entry)] = int(fields[1])
+    return out
+
+
+def _descendants(pid: int) -> list[int]:
+    parents = _parents()
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [c for c, pp in parents.items() if pp == parent and c not in found]
+        found.extend(children)
+        frontier.extend(children)
+    return found
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def _kill_pids(pids: Sequence[tuple[int, str | None]], sig: int = signal.SIGKILL) -> list[int]:
+    """Signal each (pid, start time) via a pidfd, unless the PID now names another process."""
+    hit: list[int] = []
+    for pid, started in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        try:
+            if started is not None and _start_time(pid) == started:
+                signal.pidfd_send_signal(fd, sig)
+                hit.append(pid)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return hit
+
+
 class Proc:
     """A background process inside a host namespace (leader of its own session).
 
@@ -289,6 +372,23 @@ class Proc:
         """SIGKILL the whole process group and reap the leader."""
         self._reap()
 
+    def descendants(self) -> list[int]:
+        """PIDs of the process's children, grandchildren, … alive now (any session)."""
+        return _descendants(self.pid) if self.alive() else []
+
+    def kill_tree(self) -> list[int]:
+        """SIGKILL the process, its group and every descendant (even in its own session).
+
+        Like pulling the plug on a service: a child that made itself a session leader
+        (``ssh`` under ``autoreg callback``, a per-connection sshd) dies too, without any
+        chance to close cleanly.  Returns the descendants' PIDs.  Reaps the leader.
+        """
+        tree = [(pid, _start_time(pid)) for pid in self.descendants()]
+        self.signal(signal.SIGKILL, group=True)
+        _kill_pids(tree)
+        self._reap()
+        return [pid for pid, _ in tree]
+
     def log_text(self) -> str:
         """This process's output so far (the part of the log written since it was spawned)."""
         try:
@@ -339,8 +439,10 @@ class Sshd:
         address: str,
         config_path: Path,
         authorized_keys_path: Path,
+        host: Host | None = None,
     ) -> None:
         self.proc = proc
+        self.host = host
         self.host_key_path = host_key_path
         self.fingerprint = fingerprint
         self.port = port
@@ -360,8 +462,26 @@ class Sshd:
         target = self.address if self.port == 22 else f"[{self.address}]:{self.port}"
         return f"{target} {self.host_public_key}"
 
-    def stop(self, timeout: float = 10) -> int | None:
-        return self.proc.terminate(timeout)
+    def stop(self, timeout: float = 10, *, sessions: bool = False) -> int | None:
+        """Stop the listener.  Sessions (per-connection sshd processes, each a session
+        leader of its own) outlive it, as with ``systemctl restart ssh``; with
+        ``sessions=True`` they are SIGKILLed too (a crash or a reboot of the server)."""
+        tree = [(pid, _start_time(pid)) for pid in self.proc.descendants()]
+        code = self.proc.terminate(timeout)
+        # Sessions left behind by an earlier sshd on this port (stopped without them)
+        # are this server's too: a restarted sshd's crash takes them down as well.
+        left = self.host._sshd_sessions.setdefault(self.port, []) if self.host else []
+        if sessions:
+            _kill_pids([*tree, *left])
+            left.clear()
+        else:
+            left.extend(tree)
+        return code
+
+    def session_pids(self) -> list[int]:
+        """PIDs of the per-connection processes alive now (also an earlier sshd's)."""
+        left = self.host._sshd_sessions.get(self.port, []) if self.host else []
+        return [*self.proc.descendants(), *(p for p, t in left if _start_time(p) == t)]
 
 
 class Host:
@@ -375,8 +495,15 @@ class Host:
         self.ifname = IFNAME
         self.workdir = workdir
         self.procs: list[Proc] = []
+        #: Interfaces added by :meth:`Lab.attach` (name -> address), besides ``eth0``.
+        self.extra_interfaces: dict[str, str] = {}
         self._blocked: set[int] = set()
         self._fw_ready = False
+        self._unplugged = False
+        self._from_ready = False
+        self._blocked_from: set[tuple[str, int]] = set()
+        # Per port: sessions of sshds stopped without them ((pid, start time) pairs).
+        self._sshd_sessions: dict[int, list[tuple[int, str | None]]] = {}
 
     def __repr__(self) -> str:
         return f"<Host {self.name} {self.ip} netns={self.netns}>"
@@ -437,11 +564,13 @@ class Host:
         ready_timeout: float = 15,
         extra_config: str = "",
         reuse_key: bool = False,
+        log_level: str = "VERBOSE",
     ) -> Sshd:
         """Start ``sshd -D -e`` bound to ``<ip>:<port>`` only, with a freshly generated host key.
 
         ``extra_config`` is appended (``Match`` blocks go last); ``reuse_key`` keeps the
-        host key of an earlier sshd on this port (a restart rather than a new machine).
+        host key of an earlier sshd on this port (a restart rather than a new machine);
+        ``log_level`` is sshd's ``LogLevel`` (``DEBUG1`` shows refusals that VERBOSE hides).
         """
         PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
         key = self.workdir / f"sshd{port}_host_{key_type}_key"
@@ -471,7 +600,7 @@ class Host:
                     "StrictModes no",
                     "UsePAM no",
                     "Subsystem sftp internal-sftp",
-                    "LogLevel VERBOSE",
+                    f"LogLevel {log_level}",
                     extra_config,
                     "",
                 ]
@@ -491,6 +620,7 @@ class Host:
             address=self.ip,
             config_path=config,
             authorized_keys_path=auth,
+            host=self,
         )
 
     def _firewall(self, port: int, block: bool) -> None:
@@ -526,6 +656,59 @@ class Host:
         """Undo :meth:`drop_inbound_tcp`."""
         self._firewall(port, False)
 
+    def drop_inbound_from(self, ip: str, port: int) -> None:
+        """Silently drop TCP arriving on eth0 from ``ip``:``port`` (one peer's connection).
+
+        E.g. a peer's old connection whose FIN/RST must never arrive, while its new
+        connections (other source ports) pass.  Needs nft, else FirewallUnavailable.
+        """
+        if not shutil.which("nft"):
+            raise FirewallUnavailable(f"cannot filter {ip}:{port} in {self.netns}: no nft")
+        if (ip, port) in self._blocked_from:
+            return
+        if not self._from_ready:
+            self.run(["nft", "-f", "-"], timeout=15, input=_NFT_FROM)
+            self._from_ready = True
+        element = ["{", f"{ip} . {port}", "}"]
+        self.run(["nft", "add", "element", *_NFT_FROM_SET, *element], timeout=15)
+        self._blocked_from.add((ip, port))
+
+    def allow_inbound_from(self, ip: str, port: int) -> None:
+        """Undo :meth:`drop_inbound_from`."""
+        if (ip, port) not in self._blocked_from:
+            return
+        element = ["{", f"{ip} . {port}", "}"]
+        self.run(["nft", "delete", "element", *_NFT_FROM_SET, *element], timeout=15)
+        self._blocked_from.discard((ip, port))
+
+    def unplug(self) -> None:
+        """Silently drop every packet in and out of ``eth0``: the cable is pulled.
+
+        Nothing is told to anyone: no RST, no FIN reaches the peers (this host's own
+        FIN/RST are dropped too), so they only notice by timing out.  :meth:`plug` undoes it.
+        """
+        if self._unplugged:
+            return
+        if shutil.which("nft"):
+            self.run(["nft", "-f", "-"], timeout=15, input=_NFT_CUT)
+        elif shutil.which("iptables"):
+            self.run(["iptables", "-w", "5", "-I", "INPUT", "-i", IFNAME, "-j", "DROP"])
+            self.run(["iptables", "-w", "5", "-I", "OUTPUT", "-o", IFNAME, "-j", "DROP"])
+        else:
+            raise FirewallUnavailable(f"cannot unplug {self.netns}: no nft or iptables")
+        self._unplugged = True
+
+    def plug(self) -> None:
+        """Undo :meth:`unplug`."""
+        if not self._unplugged:
+            return
+        if shutil.which("nft"):
+            self.run(["nft", "delete", "table", *_NFT_CUT_TABLE], timeout=15)
+        else:
+            self.run(["iptables", "-w", "5", "-D", "INPUT", "-i", IFNAME, "-j", "DROP"])
+            self.run(["iptables", "-w", "5", "-D", "OUTPUT", "-o", IFNAME, "-j", "DROP"])
+        self._unplugged = False
+
 
 class Lab:
     """An isolated L2 network: a bridge in a private switch namespace plus host namespaces."""
@@ -542,7 +725,11 @@ class Lab:
         self.tag = _tag_prefix() + secrets.token_hex(2)
         self.switch_netns = f"{self.tag}.switch"
         self.hosts: dict[str, Host] = {}
+        #: Hosts of other labs plugged into this one by :meth:`attach` (name -> address).
+        self.attached: dict[str, str] = {}
         self._namespaces: list[str] = []
+        self._attach_slots: list[str] = []
+        self._public: Path | None = None
         self._closed = False
         self.workdir.mkdir(parents=True, exist_ok=True)
         with _lock:
@@ -601,7 +788,7 @@ class Lab:
             raise ValueError(f"bad host name {name!r} (letters, digits, '-', '_'; max 40)")
         if name in self.hosts:
             raise ValueError(f"host {name!r} already exists in {self!r}")
-        n = len(self._namespaces)  # the switch is [0]; never reused, even after a failed add
+        n = self._next_slot()
         if n > 254:
             raise LabError("a lab holds at most 254 hosts")
         netns, ip = f"{self.tag}-{name}", f"{SUBNET_PREFIX}.{self.index}.{n}"
@@ -621,6 +808,57 @@ class Lab:
         host = Host(self, name, netns, ip, workdir)
         self.hosts[name] = host
         return host
+
+    @property
+    def public_dir(self) -> Path:
+        """A directory every user may traverse and read (0755), removed by :meth:`close`.
+
+        For files a service reads as an unprivileged user (sshd reads authorized keys as
+        the user logging in, e.g. ``nobody``): the lab's workdir usually sits below a
+        private directory (pytest's ``tmp_path`` is under a 0700 one).
+        """
+        self._check_open()
+        if self._public is None:
+            path = Path(tempfile.mkdtemp(prefix=f"netlab-{self.tag}-"))
+            path.chmod(0o755)
+            self._public = path
+        return self._public
+
+    def _next_slot(self) -> int:
+        # The switch is [0]; never reused, even after a failed add or attach.
+        return len(self._namespaces) + len(self._attach_slots)
+
+    def attach(self, host: Host) -> str:
+        """Plug ``host`` (a host of another lab) into this lab too; its address here.
+
+        The host gets one more interface (``eth1``, ``eth2``, …) on this lab's bridge with
+        ``198.18.<index>.<n>/24``: a multi-homed host, e.g. a gateway or proxy between an
+        outer and an inner network.  No multicast route is added (mDNS stays on ``eth0``).
+        The interface disappears with either lab.
+        """
+        self._check_open()
+        if host.lab is self:
+            raise ValueError(f"{host!r} is already on this lab")
+        host.lab._check_open()
+        if host.name in self.attached:
+            raise ValueError(f"{host.name!r} is already attached to {self!r}")
+        n = self._next_slot()
+        if n > 254:
+            raise LabError("a lab holds at most 254 hosts")
+        self._attach_slots.append(host.netns)
+        ifname = f"eth{len(host.extra_interfaces) + 1}"
+        ip = f"{SUBNET_PREFIX}.{self.index}.{n}"
+        peer = f"a{n}-{host.name}"[:15]
+        sw = self.switch_netns
+        veth = ["type", "veth", "peer", "name", peer, "netns", sw]
+        self._ip("-n", host.netns, "link", "add", ifname, *veth)
+        self._ip("-n", sw, "link", "set", peer, "master", BRIDGE)
+        self._ip("-n", sw, "link", "set", peer, "up")
+        self._ip("-n", host.netns, "addr", "add", f"{ip}/24", "dev", ifname)
+        self._ip("-n", host.netns, "link", "set", ifname, "up")
+        host.extra_interfaces[ifname] = ip
+        self.attached[host.name] = ip
+        return ip
 
     def close(self) -> None:
         """Kill every process the lab started, delete its namespaces. Idempotent."""
@@ -647,6 +885,8 @@ class Lab:
                     continue
             with _lock:
                 _namespaces.discard(netns)
+        if self._public is not None:
+            shutil.rmtree(self._public, ignore_errors=True)
         with _lock:
             if self in _labs:
                 _labs.remove(self)
