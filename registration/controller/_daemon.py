@@ -283,8 +283,13 @@ class Daemon:
                 cluster=ann.cluster,
                 key_type=ann.key_type,
             )
-            gave_up = rec.state in (NodeState.FAILED, NodeState.UNREACHABLE, NodeState.REJECTED)
-            if gave_up and (identity_changed or moved or not rec.present):
+            # A node that comes back (rebooted) gets another chance at failed or
+            # unreachable; a rejected one only when what it announces changed.
+            retry = rec.state in (NodeState.FAILED, NodeState.UNREACHABLE) and not rec.present
+            if retry or (
+                rec.state in (NodeState.FAILED, NodeState.UNREACHABLE, NodeState.REJECTED)
+                and (identity_changed or moved)
+            ):
                 changes.update(
                     state=NodeState.SEEN,
                     attempts=0,

@@ -164,6 +164,7 @@ class CallbackService:
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         except OSError as exc:
             log.error("cannot run ssh: %s", exc)
@@ -200,6 +201,16 @@ class CallbackService:
                 log.info("tunnel up: controller port %d leads to this node's sshd", port)
             elif text.startswith("Authenticated to"):
                 log.info("%s", text)
+
+
+def _die_with_parent() -> None:
+    """In the child: be sent SIGTERM if this service dies (even by SIGKILL), so no ssh
+    outlives it holding the node's port (Linux PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
 
 
 def _next_delay(previous: float | None, initial: float, maximum: float, *, reset: bool) -> float:
