@@ -124,7 +124,8 @@ class Daemon:
         self._self_registered = await self._check_self_registered()
         self.identity = NodeIdentity.from_config(self.config, need_host_key=False)
         if self._transport is None:
-            self._transport = create_transport(self.config)
+            # `auto` asks D-Bus whether avahi-daemon answers: blocking, so in a thread.
+            self._transport = await asyncio.to_thread(create_transport, self.config)
         await self._transport.async_start()
         await self._transport.async_browse(NODE_SERVICE_TYPE, self)
         await self._db.run(

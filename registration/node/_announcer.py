@@ -45,7 +45,8 @@ class Announcer:
         """Publish, then re-check every ``poll_interval`` until stopped; goodbye on exit."""
         ann = self._snapshot()
         if self._transport is None:
-            self._transport = create_transport(self.config, bind=ann.ip)
+            # `auto` asks D-Bus whether avahi-daemon answers: blocking, so in a thread.
+            self._transport = await asyncio.to_thread(create_transport, self.config, bind=ann.ip)
         self._publication = Publication(
             self._transport,
             NODE_SERVICE_TYPE,
