@@ -33,7 +33,8 @@ async def discover_registrars(
     config: Config, *, timeout: float, transport: Transport | None = None
 ) -> list[RegistrarAnnouncement]:
     """Browse for ``timeout`` seconds and return the registrars that answered."""
-    transport = transport or await asyncio.to_thread(create_transport, config)
+    if transport is None:
+        transport = await asyncio.to_thread(create_transport, config)
     collector = _Collector()
     await transport.async_start()
     try:
