@@ -27,7 +27,7 @@ APT_PACKAGES="$APT_PACKAGES python3-oauthlib python3-requests python3-serial"
 # Package tests: build, lint, bootstrap a clean Debian 12 root.
 APT_PACKAGES="$APT_PACKAGES debhelper dh-python pybuild-plugin-pyproject python3-all"
 APT_PACKAGES="$APT_PACKAGES python3-setuptools python3-wheel python3-build python3-installer"
-APT_PACKAGES="$APT_PACKAGES lintian debootstrap fakeroot git"
+APT_PACKAGES="$APT_PACKAGES lintian debootstrap fakeroot git systemd"
 APT_DEBIAN_DEPS="python3-zeroconf python3-paramiko python3-click python3-jinja2 python3-cryptography python3-pycdlib python3-yaml python3-dbus"
 
 missing_packages() {
