@@ -37,7 +37,8 @@ MUX_PERSIST: Final = 5
 @dataclasses.dataclass(frozen=True, slots=True)
 class AccessFiles:
     known_hosts: Path
-    ssh_config: Path
+    ssh_config: Path  # kept for admins and `autoreg ssh`: works whether a daemon runs or not
+    hook_ssh_config: Path | None = None  # the same plus connection sharing, for one hook run
 
 
 class Reach:
@@ -75,7 +76,15 @@ class Reach:
                     )
                 )
             )
-        paths.sort(key=lambda via: via.describe() != rec.path)  # stable: last good first
+        # The path that worked last first; a tunnel port that worked last brings the
+        # node's other tunnel ports with it (a returning node takes its next port).
+        last = rec.path or ""
+        paths.sort(
+            key=lambda via: (
+                via.describe() != last,
+                not (last.startswith("tunnel:") and via.name == "tunnel"),
+            )
+        )
         return paths
 
     def connect(
@@ -127,9 +136,21 @@ class Reach:
         _atomic_write(known_hosts, "\n".join(lines) + "\n")
         ssh_config = directory / "ssh_config"
         _atomic_write(
-            ssh_config, self._ssh_config(rec, session, known_hosts, alias, proxy_alias, ssh_config)
+            ssh_config,
+            self._ssh_config(rec, session, known_hosts, alias, proxy_alias, ssh_config, mux=False),
         )
-        return AccessFiles(known_hosts=known_hosts, ssh_config=ssh_config)
+        hook_config = None
+        if self._mux_dir is not None:
+            hook_config = directory / "ssh_config.hook"
+            _atomic_write(
+                hook_config,
+                self._ssh_config(
+                    rec, session, known_hosts, alias, proxy_alias, hook_config, mux=True
+                ),
+            )
+        return AccessFiles(
+            known_hosts=known_hosts, ssh_config=ssh_config, hook_ssh_config=hook_config
+        )
 
     def _ssh_config(
         self,
@@ -139,6 +160,8 @@ class Reach:
         alias: str,
         proxy_alias: str | None,
         path: Path,
+        *,
+        mux: bool,
     ) -> str:
         ctl = self._config.controller
         host, port = self.ssh_endpoint(rec, session)
@@ -160,7 +183,7 @@ class Reach:
             f"    HostKeyAlias {alias}",
             *common,
         ]
-        if self._mux_dir is not None:
+        if mux and self._mux_dir is not None:
             # One connection for all of a hook's ssh/scp calls (each new SSH handshake
             # costs a few hundred ms); the socket directory is private.
             out += [
@@ -201,7 +224,7 @@ class Reach:
             "AUTOREG_SSH_USER": self._config.controller.ssh_user,
             "AUTOREG_SSH_KEY": str(self._config.controller_key),
             "AUTOREG_KNOWN_HOSTS": str(files.known_hosts),
-            "AUTOREG_SSH_CONFIG": str(files.ssh_config),
+            "AUTOREG_SSH_CONFIG": str(files.hook_ssh_config or files.ssh_config),
             "AUTOREG_PROXY": "",
         }
         if session.proxy is not None:

@@ -109,11 +109,16 @@ class CallbackService:
             else:
                 port = ports[self._port_index % len(ports)]
                 started = time.monotonic()
-                failed_port = await self._session(config, controller, port)
-                ended_stable = time.monotonic() - started >= STABLE_AFTER
-                # Next time, the next port: the old session may still hold this one.
-                self._port_index += 1
-                if failed_port and self._port_index % len(ports):
+                outcome = await self._session(config, controller, port)
+                lasted = time.monotonic() - started
+                # A session that got its forward may linger on the controller holding
+                # this port (a vanished node's does): next time, the next port.  A
+                # controller that was not reachable at all keeps the port (and the
+                # controller's record of it) as it is.
+                if outcome in ("up", "refused"):
+                    self._port_index += 1
+                ended_stable = outcome == "up" or lasted >= STABLE_AFTER
+                if outcome == "refused" and self._port_index % len(ports):
                     continue  # that port is held: try the next one at once
             if self._stopping.is_set():
                 break
@@ -145,8 +150,9 @@ class CallbackService:
             "(set [callback] controller)"
         )
 
-    async def _session(self, config: Config, controller: str, port: int) -> bool:
-        """Run one ssh session to its end; True when its forward was refused."""
+    async def _session(self, config: Config, controller: str, port: int) -> str:
+        """Run one ssh session to its end: "up" (the forward worked), "refused" (the
+        port is held), or "failed" (no session: unreachable, refused key, …)."""
         argv = ssh_command(config, controller, port)
         self._attempt += 1
         log.info(
@@ -168,11 +174,11 @@ class CallbackService:
             )
         except OSError as exc:
             log.error("cannot run ssh: %s", exc)
-            return False
+            return "failed"
         assert proc.stderr is not None
         tail: list[str] = []
-        refused = False
-        reader = asyncio.ensure_future(self._read(proc.stderr, tail, port))
+        seen: set[str] = set()
+        reader = asyncio.ensure_future(self._read(proc.stderr, tail, seen, port))
         stopper = asyncio.ensure_future(self._stopping.wait())
         await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if self._stopping.is_set() and proc.returncode is None:
@@ -185,19 +191,25 @@ class CallbackService:
         code = await proc.wait()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
-        refused = any(_FORWARD_FAILED.search(line) for line in tail)
         if not self._stopping.is_set():
             why = "; ".join(tail[-3:]) or "no output"
             log.warning("tunnel on controller port %d ended (ssh exit %s): %s", port, code, why)
-        return refused
+        if "up" in seen:
+            return "up"
+        return "refused" if "refused" in seen else "failed"
 
     @staticmethod
-    async def _read(stream: asyncio.StreamReader, tail: list[str], port: int) -> None:
+    async def _read(
+        stream: asyncio.StreamReader, tail: list[str], seen: set[str], port: int
+    ) -> None:
         while line := await stream.readline():
             text = line.decode("utf-8", "replace").rstrip()
             tail.append(text)
             del tail[:-STDERR_TAIL]
+            if _FORWARD_FAILED.search(text):
+                seen.add("refused")
             if _FORWARD_OK.search(text):
+                seen.add("up")
                 log.info("tunnel up: controller port %d leads to this node's sshd", port)
             elif text.startswith("Authenticated to"):
                 log.info("%s", text)

@@ -78,10 +78,18 @@ def test_chain_is_direct_tunnels_proxy_with_the_last_good_path_first(tmp_path: P
         order = _described(reach.candidates(_rec(path=last), [20000, 20001]))
         assert order[0] == last
         assert sorted(order) == sorted(["direct", "tunnel:20000", "tunnel:20001", "proxy:10.9.0.1"])
+    # A tunnel that worked last brings the node's other ports before direct: a returning
+    # node takes its next port, and direct would only cost the connect timeout again.
+    assert _described(reach.candidates(_rec(path="tunnel:20001"), [20000, 20001])) == [
+        "tunnel:20001",
+        "tunnel:20000",
+        "direct",
+        "proxy:10.9.0.1",
+    ]
     # A path that is gone (a port no longer allocated) is simply not there.
     assert _described(reach.candidates(_rec(path="tunnel:29999"), [20000])) == [
-        "direct",
         "tunnel:20000",
+        "direct",
         "proxy:10.9.0.1",
     ]
 
@@ -202,8 +210,13 @@ def test_tunnel_access_files_lead_plain_ssh_to_the_loopback_port(tmp_path: Path)
     assert view["stricthostkeychecking"] == "true" and view["batchmode"] == "yes"
     assert view["userknownhostsfile"] == str(files.known_hosts)
     assert view["identityfile"] == str(config.controller_key)
-    assert view["controlpath"].startswith(str(tmp_path / "mux"))
     assert "proxycommand" not in view
+    # Connection sharing only in the hook's copy: the kept file works without a daemon.
+    assert view.get("controlmaster", "false") == "false"
+    assert files.hook_ssh_config is not None
+    hook_view = _openssh_view(files.hook_ssh_config)
+    assert hook_view["controlpath"].startswith(str(tmp_path / "mux"))
+    assert hook_view["hostname"] == "127.0.0.1"
     known = files.known_hosts.read_text().splitlines()
     assert known[0] == f"autoreg-node1 {session.host_key_line}"
     for path in (files.ssh_config, files.known_hosts):
