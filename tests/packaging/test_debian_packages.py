@@ -100,6 +100,9 @@ def test_install_register_upgrade_remove_purge(
     )
     debroot.run(["mkdir", "-p", "/run/sshd"])  # what systemd's RuntimeDirectory would do
     debroot.run(["sshd", "-t"])
+    # The packages' own autopkgtest, against the installed files.
+    test = debroot.copy_in([Path(__file__).parents[2] / "debian/tests/installed"], "/tmp/dep8")
+    assert debroot.run(["sh", test[0]], timeout=120).stdout.strip().endswith("installed: ok")
     for unit in ("autoreg-daemon", "autoreg-announce", "autoreg-callback"):
         assert (root / f"lib/systemd/system/{unit}.service").exists()
         assert (root / f"etc/systemd/system/multi-user.target.wants/{unit}.service").is_symlink()
