@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import click
 
 from .. import _admin, media
 from .._exceptions import AutoregError
+from .._files import write_atomic
 from ..controller._tunnels import remove_tunnel
 from . import _Ctx, _errors, cli, pass_ctx
 from ._output import emit_json
@@ -174,22 +173,10 @@ def media_script(
 
 def _write_private(path: Path, data: bytes, mode: int) -> None:
     """Write ``path`` atomically with ``mode`` from its first byte (never an old file's mode)."""
-    directory = path.parent if str(path.parent) else Path(".")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+        write_atomic(path.absolute(), data, mode=mode)
     except OSError as exc:
         raise media.MediumError(f"{path}: cannot write: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise media.MediumError(f"{path}: cannot write: {exc.strerror}") from exc
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 @media_group.command("inspect")

@@ -27,6 +27,7 @@ import paramiko
 
 from .._config import Config
 from .._exceptions import AnnouncementError, AutoregError, ConfigError
+from .._files import write_atomic
 from .._threads import ThreadLimiter
 from .._version import __version__
 from ..node import NodeIdentity, self_registration_state
@@ -582,10 +583,12 @@ class Daemon:
             "registrar_state": self._registrar_state or self._current_registrar_state(),
             "updated": time.time(),
         }
-        path = self.config.state_dir / "daemon.json"
-        tmp = path.with_name(f".daemon.json.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(status, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(
+            self.config.state_dir / "daemon.json",
+            json.dumps(status, indent=2) + "\n",
+            mode=0o644,
+            durable=False,
+        )
 
 
 def _label(rec: NodeRecord) -> str:

@@ -12,7 +12,6 @@ a ``known_hosts`` holding the verified key and an ``ssh_config`` with
 from __future__ import annotations
 
 import dataclasses
-import os
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ import paramiko
 
 from .._config import Config
 from .._exceptions import FingerprintMismatch, NodeUnreachable, SSHError
+from .._files import write_atomic
 from ..state import NodeRecord
 from ._ssh import DIRECT, SSHTarget, VerifiedSession, Via, ViaProxy, ViaTunnel, open_verified
 
@@ -133,16 +133,16 @@ class Reach:
             proxy_alias = f"autoreg-proxy-{rec.cluster or 'default'}"
             lines.append(f"{proxy_alias} {session.proxy.host_key_line}")
         known_hosts = directory / "known_hosts"
-        _atomic_write(known_hosts, "\n".join(lines) + "\n")
+        _write(known_hosts, "\n".join(lines) + "\n")
         ssh_config = directory / "ssh_config"
-        _atomic_write(
+        _write(
             ssh_config,
             self._ssh_config(rec, session, known_hosts, alias, proxy_alias, ssh_config, mux=False),
         )
         hook_config = None
         if self._mux_dir is not None:
             hook_config = directory / "ssh_config.hook"
-            _atomic_write(
+            _write(
                 hook_config,
                 self._ssh_config(
                     rec, session, known_hosts, alias, proxy_alias, hook_config, mux=True
@@ -238,9 +238,6 @@ def _short(exc: SSHError) -> str:
     return text if len(text) < 160 else text[:157] + "…"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)  # regenerated on every attempt: atomic, but no fsync needed
-    os.replace(tmp, path)
+def _write(path: Path, text: str) -> None:
+    # Regenerated on every attempt: atomic, but no fsync needed.
+    write_atomic(path, text, mode=0o600, durable=False)

@@ -354,11 +354,3 @@ def _hook_data(result: HookResult) -> dict[str, Any]:
         "stdout": result.stdout,
         "stderr": result.stderr,
     }
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)  # regenerated on every attempt: atomic, but no fsync needed
-    os.replace(tmp, path)

@@ -16,13 +16,13 @@ the returning node simply binds its next port, at once.
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 from typing import Final
 
 from .._config import Config
 from .._exceptions import ConfigError
+from .._files import write_atomic
 from .._sshkeys import generate_ed25519, parse_public_key, read_public_key
 from ..state import Store, Tunnel
 
@@ -63,13 +63,7 @@ def write_authorized_keys(config: Config, store: Store) -> Path:
     """Rewrite the callback user's authorized_keys from the store, atomically."""
     path = config.controller.callback_authorized_keys
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(authorized_keys_text(store.tunnels()))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, authorized_keys_text(store.tunnels()), mode=0o644)
     return path
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import io
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -23,6 +21,7 @@ import pycdlib
 import yaml
 
 from .._exceptions import AutoregError
+from .._files import write_atomic
 
 __all__ = ["SEED_LABEL", "MediumError", "SeedReport", "inspect_seed", "write_seed_iso"]
 
@@ -75,22 +74,12 @@ def write_seed_iso(files: Mapping[str, bytes], path: Path) -> None:
             iso.add_fp(
                 io.BytesIO(data), len(data), _iso_name(name), rr_name=name, joliet_path=f"/{name}"
             )
-        directory = path.parent if str(path.parent) else Path(".")
+        image = io.BytesIO()  # a seed is a few kilobytes
+        iso.write_fp(image)
         try:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)  # 0600
+            write_atomic(path.absolute(), image.getvalue(), mode=0o600)  # may hold a key
         except OSError as exc:
             raise MediumError(f"{path}: cannot write the medium: {exc.strerror}") from exc
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                iso.write_fp(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise MediumError(f"{path}: cannot write the medium: {exc.strerror}") from exc
-        finally:
-            tmp.unlink(missing_ok=True)
     finally:
         iso.close()
 
