@@ -6,16 +6,20 @@ Kept free of heavy imports: the benchmark scripts also run small helper roles
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import tempfile
+import time
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"
@@ -82,3 +86,51 @@ def environment(**extra: Any) -> dict[str, Any]:
     }
     env.update(extra)
     return env
+
+
+class Runnable(Protocol):
+    """What :func:`run_bench` drives: a benchmark over a scratch work directory."""
+
+    failures: dict[str, list[str]]
+
+    def run(self) -> None: ...
+
+    def report(self, wall: float) -> dict[str, Any]: ...
+
+
+def run_bench(
+    make: Callable[[Path], Runnable],
+    *,
+    prefix: str,
+    keep: bool,
+    json_out: Path | None,
+    log: Callable[[str], None],
+) -> int:
+    """Run a benchmark, print its JSON report, clean up; the exit status to return."""
+    # SIGTERM unwinds like Ctrl-C, so the labs' context managers kill and delete everything.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    bench = make(workdir)
+    started = time.monotonic()
+    ok = False
+    try:
+        bench.run()
+        ok = True
+    except Exception as exc:
+        from support.netlab import LabUnavailable
+
+        if isinstance(exc, LabUnavailable):
+            log(f"cannot run: {exc} (the benchmark needs root for network namespaces)")
+            return 2
+        raise
+    finally:
+        if keep or not ok:
+            log(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    text = json.dumps(bench.report(time.monotonic() - started), indent=2)
+    print(text)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(text + "\n")
+    return 1 if any(bench.failures.values()) else 0

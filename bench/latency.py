@@ -32,12 +32,10 @@ import os
 import re
 import secrets
 import shlex
-import shutil
 import signal
 import socket
 import struct
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -45,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, percentile, summarize, use_test_support
+from _common import environment, percentile, run_bench, summarize, use_test_support
 
 SELF = str(Path(__file__).resolve())
 
@@ -599,34 +597,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.trials < 1 or args.warmup < 0:
         p.error("--trials must be at least 1 and --warmup at least 0")
     args.modes = args.modes or list(MODES)
-    # SIGTERM unwinds like Ctrl-C, so the lab's context manager kills and deletes everything.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    workdir = Path(tempfile.mkdtemp(prefix="autoreg-bench-"))
-    bench = Bench(args, workdir)
-    started = time.monotonic()
-    ok = False
-    try:
-        bench.run()
-        ok = True
-    except Exception as exc:
-        from support.netlab import LabUnavailable
-
-        if isinstance(exc, LabUnavailable):
-            log(f"cannot run: {exc} (the benchmark needs root for network namespaces)")
-            return 2
-        raise
-    finally:
-        if args.keep or not ok:
-            log(f"work directory kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    result = bench.report(time.monotonic() - started)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(text + "\n")
-    return 1 if any(bench.failures.values()) else 0
+    return run_bench(
+        lambda workdir: Bench(args, workdir),
+        prefix="autoreg-bench-",
+        keep=args.keep,
+        json_out=args.json_out,
+        log=log,
+    )
 
 
 if __name__ == "__main__":

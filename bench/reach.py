@@ -40,12 +40,9 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -53,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, percentile, summarize, use_test_support
+from _common import environment, percentile, run_bench, summarize, use_test_support
 
 SELF = str(Path(__file__).resolve())
 
@@ -844,34 +841,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] and argv[0] in helpers:
         return helpers[argv[0]](argv[1:])
     args = parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C, so the labs' context managers kill and delete everything.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    workdir = Path(tempfile.mkdtemp(prefix="autoreg-bench-reach-"))
-    bench = Bench(args, workdir)
-    started = time.monotonic()
-    ok = False
-    try:
-        bench.run()
-        ok = True
-    except Exception as exc:
-        from support.netlab import LabUnavailable
-
-        if isinstance(exc, LabUnavailable):
-            log(f"cannot run: {exc} (the benchmark needs root for network namespaces)")
-            return 2
-        raise
-    finally:
-        if args.keep or not ok:
-            log(f"work directory kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    result = bench.report(time.monotonic() - started)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(text + "\n")
-    return 1 if any(bench.failures.values()) else 0
+    return run_bench(
+        lambda workdir: Bench(args, workdir),
+        prefix="autoreg-bench-reach-",
+        keep=args.keep,
+        json_out=args.json_out,
+        log=log,
+    )
 
 
 if __name__ == "__main__":
