@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
+import paramiko
+
 from ._config import Config
 from ._exceptions import AutoregError, SSHError
 from ._threads import ThreadLimiter
@@ -58,9 +60,11 @@ def select_nodes(
     ]
 
 
-def prepare_access(config: Config, store: Store, rec: NodeRecord) -> AccessFiles:
+def prepare_access(
+    config: Config, store: Store, rec: NodeRecord, key: paramiko.PKey | None = None
+) -> AccessFiles:
     """Choose and verify the node's path now; write its ssh_config; record the path."""
-    key = load_private_key(config.controller_key)
+    key = key or load_private_key(config.controller_key)
     tunnel = store.tunnel(rec.node_id)
     reach = Reach(config)
     session = reach.connect(rec, key, tunnel.ports if tunnel else ())
@@ -104,13 +108,14 @@ async def run_on_nodes(
     if not command:
         raise AutoregError("no command given (autoreg exec … -- COMMAND)")
     threads = ThreadLimiter("autoreg-exec", max(1, parallel))
+    key = load_private_key(config.controller_key)  # once, not once per node
     slots = asyncio.Semaphore(max(1, parallel))
 
     async def one(rec: NodeRecord) -> ExecResult:
         async with slots:
             started = time.monotonic()
             try:
-                files = await threads.run(prepare_access, config, store, rec)
+                files = await threads.run(prepare_access, config, store, rec, key)
             except SSHError as exc:
                 return ExecResult(
                     rec.node_id,

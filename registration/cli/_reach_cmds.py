@@ -72,8 +72,7 @@ def tunnel_add(
 
     Prints the node's [callback] section.  Idempotent: a node keeps its ports.
     """
-    with _errors(), _admin.open_store(obj.config()) as store:
-        config = obj.config()
+    with _errors(), _admin.open_store(config := obj.config()) as store:
         public_key = Path(public_key_file).read_text() if public_key_file else None
         allocation, private = _tunnels.add_tunnel(
             config, store, node_id, public_key=public_key, generate_into=generate_into
@@ -99,8 +98,8 @@ def tunnel_add(
 @pass_ctx
 def tunnel_remove(obj: _Ctx, node_id: str) -> None:
     """Revoke NODE_ID's callback key and free its ports."""
-    with _errors(), _admin.open_store(obj.config()) as store:
-        if not _tunnels.remove_tunnel(obj.config(), store, node_id):
+    with _errors(), _admin.open_store(config := obj.config()) as store:
+        if not _tunnels.remove_tunnel(config, store, node_id):
             raise AutoregError(f"no tunnel allocated for {node_id}")
         click.echo(f"removed the tunnel of {node_id}")
 
@@ -162,8 +161,7 @@ def ssh(obj: _Ctx, node: str, command: tuple[str, ...]) -> None:
       autoreg ssh nc1                 # interactive shell
       autoreg ssh nc1 -- uptime       # one command
     """
-    with _errors(), _admin.open_store(obj.config()) as store:
-        config = obj.config()
+    with _errors(), _admin.open_store(config := obj.config()) as store:
         rec = store.find(node)
         files = _remote.prepare_access(config, store, rec)
         argv = _remote.ssh_argv(files, command, tty=not command and sys.stdin.isatty())
@@ -212,8 +210,7 @@ def exec_(
     def emit(name: str, stream: str, line: str) -> None:
         click.echo(f"[{name}] {line}", err=stream == "err")
 
-    with _errors(), _admin.open_store(obj.config()) as store:
-        config = obj.config()
+    with _errors(), _admin.open_store(config := obj.config()) as store:
         nodes = _remote.select_nodes(store, role=role, cluster=cluster, refs=refs)
         if not nodes:
             raise AutoregError("no registered node matches")

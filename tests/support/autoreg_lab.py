@@ -135,23 +135,22 @@ class Station:
 
     # -- processes -------------------------------------------------------------------
 
-    def start_announcer(self, *, wait: bool = True) -> Proc:
+    def _service(self, command: str, ready: str | None) -> Proc:
+        """Run ``autoreg COMMAND`` in this host's namespace; wait for ``ready`` in its log."""
         self.write_config()
-        self.announcer = self.host.spawn(
-            autoreg_argv("-c", str(self.conf), "announce"),
-            log_name="announce",
-            env=self.env or None,
+        proc = self.host.spawn(
+            autoreg_argv("-c", str(self.conf), command), log_name=command, env=self.env or None
         )
-        if wait:
-            self.announcer.wait_for_log(r"announced ", DEFAULT_TIMEOUT)
+        if ready is not None:
+            proc.wait_for_log(ready, DEFAULT_TIMEOUT)
+        return proc
+
+    def start_announcer(self, *, wait: bool = True) -> Proc:
+        self.announcer = self._service("announce", r"announced " if wait else None)
         return self.announcer
 
     def start_daemon(self) -> Proc:
-        self.write_config()
-        self.daemon = self.host.spawn(
-            autoreg_argv("-c", str(self.conf), "daemon"), log_name="daemon", env=self.env or None
-        )
-        self.daemon.wait_for_log(r"registrar \S+ started", DEFAULT_TIMEOUT)
+        self.daemon = self._service("daemon", r"registrar \S+ started")
         return self.daemon
 
     def cli(
@@ -173,14 +172,7 @@ class Station:
 
     def start_callback(self, *, wait: bool = True) -> Proc:
         """The node's callback service (`autoreg callback`), after :meth:`AutoregLab.tunnel`."""
-        self.write_config()
-        self.callback = self.host.spawn(
-            autoreg_argv("-c", str(self.conf), "callback"),
-            log_name="callback",
-            env=self.env or None,
-        )
-        if wait:
-            self.callback.wait_for_log(r"tunnel up", DEFAULT_TIMEOUT)
+        self.callback = self._service("callback", r"tunnel up" if wait else None)
         return self.callback
 
     def start_callback_sshd(
