@@ -123,11 +123,11 @@ async def _publish(args: argparse.Namespace) -> int:
     txt = encode_node(ann)
     # As autoreg announce: the transport bound to the node's address, then publish at once.
     transport = ZeroconfTransport([ann.ip])
-    await transport.async_start()
+    await transport.start()
     published = None
     try:
         called = time.time()
-        published = await transport.async_publish(
+        published = await transport.publish(
             NODE_SERVICE_TYPE,
             instance_name(ann.role, ann.node_id),
             host=f"autoreg-{ann.node_id}.local.",
@@ -145,8 +145,8 @@ async def _publish(args: argparse.Namespace) -> int:
             await asyncio.wait_for(stop.wait(), HELPER_LIFETIME)
     finally:
         if published is not None:
-            await transport.async_withdraw(published)
-        await transport.async_close()
+            await transport.withdraw(published)
+        await transport.close()
     return 0
 
 

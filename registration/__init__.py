@@ -3,7 +3,7 @@
 Nodes announce themselves over mDNS/DNS-SD; a registration daemon on each
 registrar decides who registers whom, verifies each node over SSH against its
 announced host-key fingerprint, runs the admin's per-role hook exactly once and
-records everything in a sqlite state store.
+records everything in its state store (sqlite, embedded).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ._version import __version__
 from .controller import Daemon
 from .node import Announcer
 from .protocol import Announcement, decode_node, encode_node
-from .state import NodeRecord, NodeState, Store
+from .state import NodeRecord, NodeState, Source, StateStore, open_store
 
 __all__ = [
     "Announcement",
@@ -49,12 +49,14 @@ __all__ = [
     "Profile",
     "RoleSpec",
     "SSHError",
+    "Source",
     "StateError",
-    "Store",
+    "StateStore",
     "TransportError",
     "__version__",
     "decode_node",
     "encode_node",
     "load_config",
     "load_profile",
+    "open_store",
 ]

@@ -1,55 +1,78 @@
-"""Administrative operations behind the CLI (lockdown, manual registration, …).
+"""What the admin's commands do: steer a registrar through its state store.
 
-Each function takes a :class:`Config`, does one thing against the state store
-or key files, and raises :class:`AutoregError` subclasses with a message meant
-for the admin.  The running daemon notices store changes within
-``STORE_POLL_INTERVAL`` and acts on them; no restart is needed.
+Each function does one thing against the store (or key files) and raises
+:class:`AutoregError` subclasses with a message meant for the admin.  The
+running daemon learns of every change through the store's change feed and acts
+on it at once; no restart is needed.  The CLI opens the store with
+:func:`store_for` and awaits these.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
+import contextlib
 import json
 import os
+import tempfile
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from ._config import Config
 from ._exceptions import AutoregError, ConfigError, KeyMaterialError, NodeNotFound, StateError
-from ._sshkeys import PublicKey, generate_ed25519, read_public_key
+from ._keyfiles import controller_known_hosts_text, keys_show
+from ._sshkeys import read_public_key
+from .controller import Registrar, add_tunnel, ingest, remove_tunnel
+from .media import Medium, MediumRequest, assemble, callback_material
 from .protocol import Announcement
-from .state import GLOBAL_SCOPE, NodeRecord, NodeState, Store
+from .state import (
+    GLOBAL_SCOPE,
+    WATCH_INTERVAL,
+    Change,
+    LostRace,
+    NodeRecord,
+    NodeState,
+    Source,
+    StateStore,
+    is_settled,
+    open_store,
+)
 
 __all__ = [
+    "build_medium",
     "daemon_status",
     "forget_node",
-    "keys_init",
-    "keys_show",
     "manual_register",
-    "medium_material",
-    "open_store",
     "retry_node",
     "set_lockdown",
     "status_report",
+    "store_for",
     "wait_for_store",
     "wait_settled",
 ]
 
 
-def open_store(config: Config, *, readonly: bool = False) -> Store:
-    return Store(config.db_path, readonly=readonly)
+@contextlib.asynccontextmanager
+async def store_for(config: Config, *, readonly: bool = False) -> AsyncIterator[StateStore]:
+    """The configured store, open for the duration of one command."""
+    store = await open_store(config, readonly=readonly)
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
-def set_lockdown(config: Config, locked: bool, *, role: str | None, reason: str = "") -> str | None:
+async def set_lockdown(
+    config: Config, store: StateStore, locked: bool, *, role: str | None, reason: str = ""
+) -> str | None:
     """Flip a lockdown switch; returns a warning when it cannot matter here."""
     if role is not None and config.profile.role(role) is None:
         raise ConfigError(
             f"unknown role {role!r}; roles: {', '.join(sorted(config.profile.roles))}"
         )
-    with open_store(config) as store:
-        store.set_lockdown(role or GLOBAL_SCOPE, locked, reason=reason)
-    mine = config.controller.role
+    await store.set_lockdown(role or GLOBAL_SCOPE, locked, reason=reason)
+    mine = _registrar_role(config)
     if role is not None and mine and role not in config.profile.roles_registered_by(mine):
         owners = config.profile.role(role)
         by = owners.registered_by if owners else None
@@ -61,95 +84,99 @@ def set_lockdown(config: Config, locked: bool, *, role: str | None, reason: str 
     return None
 
 
-def manual_register(config: Config, ann: Announcement) -> NodeRecord:
-    """Queue a node from another network for registration (no mDNS needed)."""
+def _registrar_role(config: Config) -> str | None:
+    """This host's registrar role: configured, else what the running daemon says."""
+    if config.controller.role:
+        return config.controller.role
+    status = daemon_status(config)
+    return str(status["role"]) if status and status.get("role") else None
+
+
+def _registrar(config: Config) -> Registrar | None:
+    role = _registrar_role(config)
+    if role is None:
+        return None
+    cluster = config.controller.cluster or config.node.cluster
+    if cluster is None and config.controller.role is None:
+        status = daemon_status(config) or {}
+        cluster = status.get("cluster")
+    return Registrar(role, cluster, config.profile)
+
+
+async def manual_register(config: Config, store: StateStore, ann: Announcement) -> NodeRecord:
+    """Queue a node from another network for registration: the one way in, source manual."""
     if config.profile.role(ann.role) is None:
         raise ConfigError(
             f"unknown role {ann.role!r}; roles: {', '.join(sorted(config.profile.roles))}"
         )
-    with open_store(config) as store:
-        existing = store.get(ann.node_id)
-        if existing is not None and existing.state in (NodeState.REGISTERED, NodeState.REGISTERING):
-            raise AutoregError(
-                f"node {ann.node_id} is already {existing.state.value}; "
-                f"`autoreg forget {ann.node_id}` first to register it anew"
-            )
-        rec = NodeRecord.new(
-            ann,
-            source="manual",
-            now=time.time(),
-            reason="registered manually; waiting for the daemon",
+    existing = await store.get(ann.node_id)
+    if existing is not None and existing.state in (NodeState.REGISTERED, NodeState.REGISTERING):
+        raise AutoregError(
+            f"node {ann.node_id} is already {existing.state.value}; "
+            f"`autoreg forget {ann.node_id}` first to register it anew"
         )
-        return store.save(
-            rec,
-            kind="manual",
-            message=f"manual registration of {ann.role} "
-            f"{ann.display_name} at {ann.ip}:{ann.port} ({ann.fingerprint})",
-            data={"announcement": dataclasses.asdict(ann)},
-        )
+    result = await ingest(
+        store, _registrar(config), ann, source=Source.MANUAL, instance=ann.node_id
+    )
+    if result.not_mine:
+        raise AutoregError(f"this registrar does not register it: {result.not_mine}")
+    assert result.absorbed is not None
+    return result.absorbed.record
 
 
-def forget_node(config: Config, ref: str) -> NodeRecord:
-    with open_store(config) as store:
-        rec = store.find(ref)
-        store.forget(rec.node_id, message=f"forgotten by admin (was {rec.state.value})")
-        return rec
+async def forget_node(store: StateStore, ref: str) -> NodeRecord:
+    rec = await store.find(ref)
+    gone = await store.forget(rec.node_id, message=f"forgotten by admin (was {rec.state.value})")
+    if gone is None:
+        raise NodeNotFound(f"node {rec.node_id} was forgotten meanwhile")
+    return gone
 
 
-def retry_node(config: Config, ref: str) -> NodeRecord:
-    """Make a failed, unreachable, rejected or interrupted node eligible again."""
-    with open_store(config) as store:
-        rec = store.find(ref)
-        if rec.state in (NodeState.REGISTERED, NodeState.REGISTERING):
-            raise AutoregError(f"node {rec.node_id} is {rec.state.value}; nothing to retry")
-        resumed = rec.state is NodeState.INTERRUPTED or rec.resumed
-        was = rec.state.value + (", hook will run resumed" if resumed else "")
-        fresh = store.update(
+async def retry_node(store: StateStore, ref: str) -> NodeRecord:
+    """Make a failed, unreachable, rejected, refused or interrupted node eligible again."""
+    rec = await store.find(ref)
+    if rec.state in (NodeState.REGISTERED, NodeState.REGISTERING, NodeState.SEEN):
+        raise AutoregError(f"node {rec.node_id} is {rec.state.value}; nothing to retry")
+    resumed = rec.state is NodeState.INTERRUPTED or rec.resumed
+    was = rec.state.value + (", hook will run resumed" if resumed else "")
+    try:
+        return await store.change(
             rec.node_id,
-            {
-                "state": NodeState.SEEN,
-                "attempts": 0,
-                "next_attempt": None,
-                "hook_pid": None,
-                "resumed": resumed,
-                "updated": time.time(),
-                "reason": "retry requested by admin",
-            },
-            kind="retry",
-            message=f"retry requested by admin (was {was})",
+            Change(
+                expect=rec.state,
+                to=NodeState.SEEN,
+                reason="retry requested by admin",
+                kind="retry",
+                generation=rec.generation,
+                fields={
+                    "attempts": 0,
+                    "next_attempt": None,
+                    "hook_started": False,
+                    "resumed": resumed,
+                },
+                message=f"retry requested by admin (was {was})",
+            ),
         )
-        if fresh is None:
-            raise NodeNotFound(f"node {rec.node_id} was forgotten meanwhile")
-        return fresh
+    except LostRace as exc:
+        raise AutoregError(f"node {rec.node_id} changed meanwhile ({exc}); try again") from exc
 
 
-#: Seconds between state-store reads while waiting for a node to settle.
-WAIT_POLL_INTERVAL = 0.25
-
-
-def is_settled(rec: NodeRecord) -> bool:
-    """No further automatic progress: registered, rejected, interrupted, or given up."""
-    gave_up = rec.state in (NodeState.FAILED, NodeState.UNREACHABLE) and rec.next_attempt is None
-    return rec.state.is_final or gave_up
-
-
-def wait_settled(config: Config, node_id: str, *, timeout: float) -> NodeRecord | None:
+async def wait_settled(store: StateStore, node_id: str, *, timeout: float) -> NodeRecord | None:
     """Wait (bounded) until the daemon has settled ``node_id``; its record, None if forgotten."""
     deadline = time.monotonic() + max(0.0, timeout)
-    with open_store(config, readonly=True) as store:
-        while True:
-            current = store.get(node_id)
-            if current is None or is_settled(current) or time.monotonic() >= deadline:
-                return current
-            time.sleep(WAIT_POLL_INTERVAL)
+    while True:
+        current = await store.get(node_id)
+        if current is None or is_settled(current) or time.monotonic() >= deadline:
+            return current
+        await asyncio.sleep(WATCH_INTERVAL)
 
 
-def wait_for_store(config: Config, *, deadline: float | None) -> None:
+async def wait_for_store(config: Config, *, deadline: float | None) -> None:
     """Wait until the state database exists (a daemon is starting), up to ``deadline``."""
     while not config.db_path.exists():
         if deadline is not None and time.monotonic() >= deadline:
             raise StateError(f"{config.db_path}: no state database (has the daemon run yet?)")
-        time.sleep(WAIT_POLL_INTERVAL)
+        await asyncio.sleep(WATCH_INTERVAL)
 
 
 def daemon_status(config: Config) -> dict[str, Any] | None:
@@ -166,7 +193,7 @@ def daemon_status(config: Config) -> dict[str, Any] | None:
     return status
 
 
-def status_report(config: Config) -> dict[str, Any]:
+async def status_report(config: Config) -> dict[str, Any]:
     report: dict[str, Any] = {
         "config": str(config.path) if config.path else None,
         "state_dir": str(config.state_dir),
@@ -174,13 +201,14 @@ def status_report(config: Config) -> dict[str, Any]:
         "daemon": daemon_status(config),
     }
     try:
-        with open_store(config, readonly=True) as store:
+        async with store_for(config, readonly=True) as store:
             counts: dict[str, int] = {}
-            for rec in store.nodes():
+            for rec in await store.nodes():
                 counts[rec.state.value] = counts.get(rec.state.value, 0) + 1
             report["nodes"] = counts
-            report["lockdown"] = store.lockdown()
-            report["schema_version"] = store.schema_version
+            report["lockdown"] = await store.lockdown()
+            report["schema_version"] = await store.schema_version()
+            report["store"] = {"backend": store.backend, "location": store.location}
     except StateError as exc:
         report["state_error"] = str(exc)
     key = config.controller_key.with_name(config.controller_key.name + ".pub")
@@ -188,49 +216,50 @@ def status_report(config: Config) -> dict[str, Any]:
     return report
 
 
-def keys_init(config: Config) -> tuple[PublicKey, bool]:
-    """Create CONTROLLER_KEY unless it exists (idempotent; never overwrites).
-
-    Returns the public key and whether it was created now.
-    """
-    if config.controller_key.exists():
-        return keys_show(config), False
-    return generate_ed25519(config.controller_key, comment="autoreg-controller"), True
-
-
-def keys_show(config: Config) -> PublicKey:
-    pub = Path(f"{config.controller_key}.pub")
-    if not pub.exists():
-        raise KeyMaterialError(
-            f"no controller key at {config.controller_key}; create it with `autoreg keys init`"
-        )
-    return read_public_key(pub)
-
-
-def medium_material(config: Config) -> dict[str, Any]:
-    """Everything an install medium takes from this controller, besides CONTROLLER_KEY.
-
-    The controller's host-key pin is None (with ``pin_error`` saying why) when the
-    sshd host key cannot be read: only media for nodes that call back need it.
-    """
-    from .controller._tunnels import controller_known_hosts_text
-
-    ctl = config.controller
-    pin: str | None = None
-    pin_error: str | None = None
+async def build_medium(
+    config: Config,
+    store: StateStore,
+    request: MediumRequest,
+    write: Callable[[Medium], None],
+) -> Medium:
+    """Allocate what ``request`` needs (a tunnel for a node that calls back), assemble the
+    medium and ``write`` it; a tunnel allocated here is released again if that fails."""
+    controller_key = keys_show(config)  # raises with "autoreg keys init" when missing
+    material = None
+    replaced = False
+    node_id = request.node.node_id
+    if request.callback:
+        # The pin first: a controller without an sshd host key allocates nothing.
+        try:
+            known_hosts = controller_known_hosts_text(config)
+        except KeyMaterialError as exc:
+            raise KeyMaterialError(
+                f"a node that calls back pins the controller's sshd host key "
+                f"([controller] sshd_host_key): {exc}"
+            ) from exc
+        replaced = await store.tunnel(node_id) is not None
+        with tempfile.TemporaryDirectory(prefix="autoreg-media-") as tmp:
+            tunnel, private = await add_tunnel(
+                config, store, node_id, public_key=None, generate_into=Path(tmp)
+            )
+            assert private is not None
+            material = callback_material(
+                request,
+                private_key=private.read_text(encoding="ascii"),
+                known_hosts=known_hosts,
+                ports=tunnel.ports,
+            )
+    medium = assemble(
+        config,
+        request,
+        controller_key=controller_key,
+        callback=material,
+        replaced_callback_key=replaced,
+    )
     try:
-        pin = controller_known_hosts_text(config).strip()
-    except KeyMaterialError as exc:
-        pin_error = str(exc)
-    return {
-        "controller_user": ctl.ssh_user,
-        "controller_pin": pin,
-        "controller_pin_source": str(ctl.sshd_host_key),
-        "controller_pin_error": pin_error,
-        "callback_port": config.callback.port,
-        "callback_user": ctl.callback_user,
-        "controller_port_range": list(ctl.tunnel_ports),
-        "controller_ports_per_node": ctl.tunnel_ports_per_node,
-        "callback_key": "one per node: ed25519, OpenSSH format, 0600 on the node "
-        "(autoreg media build --callback)",
-    }
+        await asyncio.to_thread(write, medium)
+    except BaseException:
+        if material is not None and not replaced:
+            await remove_tunnel(config, store, node_id)
+        raise
+    return medium

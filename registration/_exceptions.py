@@ -9,6 +9,7 @@ caller only needs to know this hierarchy.
 from __future__ import annotations
 
 __all__ = [
+    "AlreadyRunning",
     "AnnouncementError",
     "AutoregError",
     "ConfigError",
@@ -43,6 +44,12 @@ class StateError(AutoregError):
     """The state store cannot be opened, migrated or written."""
 
     exit_code = 74  # EX_IOERR
+
+
+class AlreadyRunning(StateError):
+    """Another daemon already works on this state store (one daemon per sqlite store)."""
+
+    exit_code = 75  # EX_TEMPFAIL
 
 
 class NodeNotFound(AutoregError):
@@ -119,4 +126,5 @@ class HookError(AutoregError):
         self.stdout = stdout
         self.stderr = stderr
         self.timed_out = timed_out
-        super().__init__(f"{message} ({command}, exit {returncode})")
+        status = "" if returncode is None or timed_out else f", exit {returncode}"
+        super().__init__(f"{message} ({command}{status})")

@@ -21,9 +21,8 @@ import paramiko
 from ._config import Config
 from ._exceptions import AutoregError, SSHError
 from ._threads import ThreadLimiter
-from .controller._reach import AccessFiles, Reach
-from .controller._ssh import load_private_key
-from .state import NodeRecord, NodeState, Store
+from .controller import AccessFiles, Reach, load_private_key
+from .state import NodeRecord, NodeState, StateStore
 
 __all__ = ["ExecResult", "prepare_access", "run_on_nodes", "select_nodes", "ssh_argv"]
 
@@ -45,43 +44,47 @@ class ExecResult:
         return self.returncode == 0 and not self.error
 
 
-def select_nodes(
-    store: Store, *, role: str | None, cluster: str | None, refs: Sequence[str] = ()
+async def select_nodes(
+    store: StateStore, *, role: str | None, cluster: str | None, refs: Sequence[str] = ()
 ) -> list[NodeRecord]:
     """Registered nodes, by reference or by role/cluster filters."""
     if refs:
-        return [store.find(ref) for ref in refs]
+        return [await store.find(ref) for ref in refs]
     return [
         n
-        for n in store.nodes()
+        for n in await store.nodes()
         if n.state is NodeState.REGISTERED
         and (role is None or n.role == role)
         and (cluster is None or n.cluster == cluster)
     ]
 
 
-def prepare_access(
-    config: Config, store: Store, rec: NodeRecord, key: paramiko.PKey | None = None
-) -> AccessFiles:
+async def prepare_access(
+    config: Config,
+    store: StateStore,
+    rec: NodeRecord,
+    *,
+    key: paramiko.PKey | None = None,
+    io: ThreadLimiter | None = None,
+) -> tuple[AccessFiles, str]:
     """Choose and verify the node's path now; write its ssh_config; record the path."""
-    key = key or load_private_key(config.controller_key)
-    tunnel = store.tunnel(rec.node_id)
-    reach = Reach(config)
-    session = reach.connect(rec, key, tunnel.ports if tunnel else ())
+    own = io is None
+    io = io or ThreadLimiter("autoreg-ssh", 1)
     try:
-        files = reach.write_access_files(rec, session)
-        path = session.via.describe()
+        login = key if key is not None else await io.run(load_private_key, config.controller_key)
+        tunnel = await store.tunnel(rec.node_id)
+        reach = Reach(config)
+        session = await io.run(reach.connect, rec, login, tunnel.ports if tunnel else ())
+        try:
+            files = await io.run(reach.write_access_files, rec, session)
+            path = session.via.describe()
+        finally:
+            session.close()
     finally:
-        session.close()
-    if path != rec.path:
-        store.update(
-            rec.node_id,
-            {"path": path},
-            kind="path",
-            message=f"{rec.role} {rec.display_name} ({rec.node_id}): reached via {path}"
-            + (f" (was {rec.path})" if rec.path else ""),
-        )
-    return files
+        if own:
+            await io.aclose()
+    await store.note_path(rec.node_id, path)
+    return files, path
 
 
 def ssh_argv(files: AccessFiles, command: Sequence[str], *, tty: bool = False) -> list[str]:
@@ -96,7 +99,7 @@ def ssh_argv(files: AccessFiles, command: Sequence[str], *, tty: bool = False) -
 
 async def run_on_nodes(
     config: Config,
-    store: Store,
+    store: StateStore,
     nodes: Sequence[NodeRecord],
     command: Sequence[str],
     *,
@@ -108,14 +111,13 @@ async def run_on_nodes(
     if not command:
         raise AutoregError("no command given (autoreg exec … -- COMMAND)")
     threads = ThreadLimiter("autoreg-exec", max(1, parallel))
-    key = load_private_key(config.controller_key)  # once, not once per node
     slots = asyncio.Semaphore(max(1, parallel))
 
-    async def one(rec: NodeRecord) -> ExecResult:
+    async def one(rec: NodeRecord, key: paramiko.PKey) -> ExecResult:
         async with slots:
             started = time.monotonic()
             try:
-                files = await threads.run(prepare_access, config, store, rec, key)
+                files, path = await prepare_access(config, store, rec, key=key, io=threads)
             except SSHError as exc:
                 return ExecResult(
                     rec.node_id,
@@ -125,8 +127,6 @@ async def run_on_nodes(
                     time.monotonic() - started,
                     error=str(exc),
                 )
-            fresh = await threads.run(store.get, rec.node_id)
-            path = (fresh.path if fresh else None) or "-"
             proc = await asyncio.create_subprocess_exec(
                 *ssh_argv(files, command),
                 stdin=asyncio.subprocess.DEVNULL,
@@ -151,9 +151,10 @@ async def run_on_nodes(
             )
 
     try:
-        return list(await asyncio.gather(*(one(n) for n in nodes)))
+        key = await threads.run(load_private_key, config.controller_key)  # once, not per node
+        return list(await asyncio.gather(*(one(n, key) for n in nodes)))
     finally:
-        threads.shutdown()
+        await threads.aclose()
 
 
 async def _pump(

@@ -14,9 +14,9 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -30,8 +30,12 @@ __all__ = ["main"]
 
 log = logging.getLogger("registration")
 
-#: Seconds between polls of the state store by ``events --follow`` and ``register --wait``.
-FOLLOW_INTERVAL = 0.25
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run one library coroutine to completion (each command has its own event loop)."""
+    return asyncio.run(coro)
 
 
 @dataclasses.dataclass
@@ -107,16 +111,20 @@ def cli(ctx: click.Context, config_path: Path | None, state_dir: str | None, ver
 
 
 def _run_service(make: Callable[[], Any], level: str, verbose: int) -> None:
+    """Run a long-running service until SIGTERM/SIGINT; exit with the status it returns."""
     _setup_logging(level, verbose)
     service = make()
 
-    async def main() -> None:
+    async def main() -> int | None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, service.stop)
-        await service.run()
+        result: int | None = await service.run()
+        return result
 
-    asyncio.run(main())
+    code = asyncio.run(main())
+    if code:
+        sys.exit(code)
 
 
 @cli.command()
@@ -243,10 +251,14 @@ def discover(obj: _Ctx, timeout: float, as_json: bool) -> None:
 @pass_ctx
 def list_(obj: _Ctx, as_json: bool, states: tuple[str, ...], role: str | None) -> None:
     """List known nodes with their state and the reason for it."""
-    with _errors(), _admin.open_store(obj.config(), readonly=True) as store:
+    async def listing() -> list[Any]:
+        async with _admin.store_for(obj.config(), readonly=True) as store:
+            return await store.nodes()
+
+    with _errors():
         nodes = [
             n
-            for n in store.nodes()
+            for n in run(listing())
             if (not states or n.state.value in states) and (role is None or n.role == role)
         ]
         if as_json:
@@ -271,9 +283,13 @@ def list_(obj: _Ctx, as_json: bool, states: tuple[str, ...], role: str | None) -
 @pass_ctx
 def show(obj: _Ctx, node: str, as_json: bool, count: int) -> None:
     """Show one node (by id, id prefix, name or address) and its recent events."""
-    with _errors(), _admin.open_store(obj.config(), readonly=True) as store:
-        rec = store.find(node)
-        events = store.last_events(count, node_id=rec.node_id)
+    async def detail() -> tuple[Any, list[Any]]:
+        async with _admin.store_for(obj.config(), readonly=True) as store:
+            rec = await store.find(node)
+            return rec, await store.last_events(count, node_id=rec.node_id)
+
+    with _errors():
+        rec, events = run(detail())
         if as_json:
             emit_json({"node": rec.to_json(), "events": [e.to_json() for e in events]})
         else:
@@ -298,22 +314,30 @@ def events(
     def out(event: Any) -> None:
         click.echo(json.dumps(event.to_json(), default=str) if as_json else format_event(event))
 
-    with _errors():
-        config = obj.config()
+    async def follow_events(config: Config) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         if follow:  # the daemon may not have created its store yet: wait for it
-            _admin.wait_for_store(config, deadline=deadline)
-        with _admin.open_store(config, readonly=True) as store:
-            node_id = store.find(node).node_id if node else None
+            await _admin.wait_for_store(config, deadline=deadline)
+        async with _admin.store_for(config, readonly=True) as store:
+            node_id = (await store.find(node)).node_id if node else None
             last = 0
-            for event in store.last_events(count, node_id=node_id):
+            for event in await store.last_events(count, node_id=node_id):
                 out(event)
                 last = event.seq
-            while follow and (deadline is None or time.monotonic() < deadline):
-                time.sleep(FOLLOW_INTERVAL)
-                for event in store.events(after=last, node_id=node_id):
-                    out(event)
-                    last = event.seq
+            if not follow:
+                return
+            if not last:
+                last = max((e.seq for e in await store.last_events(1)), default=0)
+            left = None if deadline is None else deadline - time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    async for batch in store.watch(after=last):
+                        for event in batch:
+                            if node_id is None or event.node_id == node_id:
+                                out(event)
+
+    with _errors():
+        run(follow_events(obj.config()))
 
 
 @cli.command()
@@ -322,7 +346,7 @@ def events(
 def status(obj: _Ctx, as_json: bool) -> None:
     """Is the daemon running, with which role and transport; node counts; lockdown."""
     with _errors():
-        report = _admin.status_report(obj.config())
+        report = run(_admin.status_report(obj.config()))
         if as_json:
             emit_json(report)
             return

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -12,8 +11,7 @@ import click
 from .. import _admin, media
 from .._exceptions import AutoregError
 from .._files import write_atomic
-from ..controller._tunnels import remove_tunnel
-from . import _Ctx, _errors, cli, pass_ctx
+from . import _Ctx, _errors, cli, pass_ctx, run
 from ._output import emit_json
 
 __all__: list[str] = []
@@ -60,8 +58,7 @@ def _medium_options(fn: click.decorators.FC) -> click.decorators.FC:
     return fn
 
 
-@contextlib.contextmanager
-def _prepared(
+def _build(
     obj: _Ctx,
     role: str,
     cluster: str | None,
@@ -71,34 +68,34 @@ def _prepared(
     callback: bool,
     packages: tuple[str, ...],
     interface: str | None,
-) -> Iterator[media.Medium]:
-    """The medium; a tunnel allocated for it is released again if writing it fails."""
+    write: Callable[[media.Medium], None],
+) -> media.Medium:
+    """Validate, allocate, write: a tunnel allocated for it is released if writing fails."""
     config = obj.config()
-    with _admin.open_store(config) as store:
-        medium = media.prepare_medium(
-            config,
-            store,
-            role=role,
-            cluster=cluster,
-            hostname=hostname,
-            node_id=node_id,
-            controller=controller,
-            callback=callback,
-            packages=packages,
-            interface=interface,
-        )
-        try:
-            yield medium
-        except BaseException:
-            if medium.callback is not None and not medium.replaced_callback_key:
-                remove_tunnel(config, store, medium.node.node_id)
-            raise
+    request = media.check_request(
+        config,
+        role=role,
+        cluster=cluster,
+        hostname=hostname,
+        node_id=node_id,
+        controller=controller,
+        callback=callback,
+        packages=packages,
+        interface=interface,
+    )
+
+    async def build() -> media.Medium:
+        async with _admin.store_for(config) as store:
+            return await _admin.build_medium(config, store, request, write)
+
+    medium = run(build())
     if medium.replaced_callback_key:
         click.echo(
             f"warning: node {medium.node.node_id} had a tunnel: its callback key is replaced, "
             "so media written for it earlier no longer call back",
             err=True,
         )
+    return medium
 
 
 @media_group.command("build")
@@ -128,8 +125,10 @@ def media_build(
     The image is written with mode 0600: with --callback it holds the node's key.
     """
     args = (role, cluster, hostname, node_id, controller, callback, packages, interface)
-    with _errors(), _prepared(obj, *args) as medium:
-        media.write_seed_iso(media.render_seed(medium), output)
+    with _errors():
+        medium = _build(
+            obj, *args, write=lambda m: media.write_seed_iso(media.render_seed(m), output)
+        )
         click.echo(
             f"wrote {output}: {medium.node.role} {medium.node.hostname} "
             f"(node {medium.node.node_id}); secrets: {medium.secrets_summary}"
@@ -159,12 +158,16 @@ def media_script(
 ) -> None:
     """The same content as an AFTER_INSTALL script (preseed late_command, autoinstall)."""
     args = (role, cluster, hostname, node_id, controller, callback, packages, interface)
-    with _errors(), _prepared(obj, *args) as medium:
-        text = media.render_script(medium)
+
+    def write(m: media.Medium) -> None:
+        if output is not None:
+            _write_private(output, media.render_script(m).encode(), 0o700)
+
+    with _errors():
+        medium = _build(obj, *args, write=write)
         if output is None:
-            click.echo(text, nl=False)
+            click.echo(media.render_script(medium), nl=False)
             return
-        _write_private(output, text.encode(), 0o700)
         click.echo(
             f"wrote {output} (node {medium.node.node_id}); secrets: {medium.secrets_summary}",
             err=True,

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from .. import _admin, _remote
+from .. import _admin, _keyfiles, _remote, controller
 from .._exceptions import AutoregError
-from ..controller import _tunnels
-from . import _Ctx, _errors, _run_service, cli, pass_ctx
+from . import _Ctx, _errors, _run_service, cli, pass_ctx, run
 from ._output import emit_json, format_table
 
 __all__: list[str] = []
@@ -72,18 +71,23 @@ def tunnel_add(
 
     Prints the node's [callback] section.  Idempotent: a node keeps its ports.
     """
-    with _errors(), _admin.open_store(config := obj.config()) as store:
+    async def add() -> tuple[Any, Path | None]:
+        async with _admin.store_for(config) as store:
+            return await controller.add_tunnel(
+                config, store, node_id, public_key=public_key, generate_into=generate_into
+            )
+
+    with _errors():
+        config = obj.config()
         public_key = Path(public_key_file).read_text() if public_key_file else None
-        allocation, private = _tunnels.add_tunnel(
-            config, store, node_id, public_key=public_key, generate_into=generate_into
-        )
+        allocation, private = run(add())
         click.echo(
             f"# node {node_id}: controller ports {', '.join(map(str, allocation.ports))}", err=True
         )
         if private is not None:
             click.echo(f"# new callback key for the node: {private}", err=True)
         click.echo(
-            _tunnels.callback_config_text(
+            controller.callback_config_text(
                 config,
                 allocation,
                 controller=controller_address,
@@ -98,8 +102,13 @@ def tunnel_add(
 @pass_ctx
 def tunnel_remove(obj: _Ctx, node_id: str) -> None:
     """Revoke NODE_ID's callback key and free its ports."""
-    with _errors(), _admin.open_store(config := obj.config()) as store:
-        if not _tunnels.remove_tunnel(config, store, node_id):
+    async def remove() -> bool:
+        async with _admin.store_for(config) as store:
+            return await controller.remove_tunnel(config, store, node_id)
+
+    with _errors():
+        config = obj.config()
+        if not run(remove()):
             raise AutoregError(f"no tunnel allocated for {node_id}")
         click.echo(f"removed the tunnel of {node_id}")
 
@@ -115,10 +124,14 @@ def tunnel_remove(obj: _Ctx, node_id: str) -> None:
 @pass_ctx
 def tunnel_list(obj: _Ctx, as_json: bool, probe: bool) -> None:
     """Allocated tunnels and whether each port leads to a live sshd now."""
-    with _errors(), _admin.open_store(obj.config(), readonly=True) as store:
+    async def allocations() -> list[Any]:
+        async with _admin.store_for(obj.config(), readonly=True) as store:
+            return await store.tunnels()
+
+    with _errors():
         rows = []
-        for alloc in store.tunnels():
-            live = {p: _tunnels.probe_tunnel_port(p) if probe else None for p in alloc.ports}
+        for alloc in run(allocations()):
+            live = {p: controller.probe_tunnel_port(p) if probe else None for p in alloc.ports}
             rows.append({**alloc.to_json(), "live": {str(p): b for p, b in live.items()}})
         if as_json:
             emit_json(rows)
@@ -139,7 +152,7 @@ def tunnel_list(obj: _Ctx, as_json: bool, probe: bool) -> None:
 def tunnel_sshd_config(obj: _Ctx) -> None:
     """Print the sshd_config Match block for the callback user."""
     with _errors():
-        click.echo(_tunnels.sshd_match_block(obj.config()))
+        click.echo(controller.sshd_match_block(obj.config()))
 
 
 @tunnel.command("known-hosts")
@@ -147,7 +160,7 @@ def tunnel_sshd_config(obj: _Ctx) -> None:
 def tunnel_known_hosts(obj: _Ctx) -> None:
     """Print the pin of the controller's sshd host key, for nodes' known_hosts."""
     with _errors():
-        click.echo(_tunnels.controller_known_hosts_text(obj.config()), nl=False)
+        click.echo(_keyfiles.controller_known_hosts_text(obj.config()), nl=False)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -161,9 +174,14 @@ def ssh(obj: _Ctx, node: str, command: tuple[str, ...]) -> None:
       autoreg ssh nc1                 # interactive shell
       autoreg ssh nc1 -- uptime       # one command
     """
-    with _errors(), _admin.open_store(config := obj.config()) as store:
-        rec = store.find(node)
-        files = _remote.prepare_access(config, store, rec)
+    async def access() -> Any:
+        async with _admin.store_for(config) as store:
+            files, _ = await _remote.prepare_access(config, store, await store.find(node))
+            return files
+
+    with _errors():
+        config = obj.config()
+        files = run(access())
         argv = _remote.ssh_argv(files, command, tty=not command and sys.stdin.isatty())
     os.execvp(argv[0], argv)  # noqa: S606 - hand the terminal to OpenSSH, no shell involved
 
@@ -210,15 +228,18 @@ def exec_(
     def emit(name: str, stream: str, line: str) -> None:
         click.echo(f"[{name}] {line}", err=stream == "err")
 
-    with _errors(), _admin.open_store(config := obj.config()) as store:
-        nodes = _remote.select_nodes(store, role=role, cluster=cluster, refs=refs)
-        if not nodes:
-            raise AutoregError("no registered node matches")
-        results = asyncio.run(
-            _remote.run_on_nodes(
+    async def fan_out() -> list[_remote.ExecResult]:
+        async with _admin.store_for(config) as store:
+            nodes = await _remote.select_nodes(store, role=role, cluster=cluster, refs=refs)
+            if not nodes:
+                raise AutoregError("no registered node matches")
+            return await _remote.run_on_nodes(
                 config, store, nodes, command, parallel=parallel, timeout=timeout, emit=emit
             )
-        )
+
+    with _errors():
+        config = obj.config()
+        results = run(fan_out())
         if as_json:
             emit_json([dataclasses.asdict(r) for r in results])
         else:

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import click
 
-from .. import _admin
+from .. import _admin, _keyfiles
 from .._exceptions import AnnouncementError, AutoregError
 from ..protocol import Announcement
-from ..state import NodeState
-from . import _Ctx, _errors, cli, pass_ctx
+from ..state import NodeRecord, NodeState, StateStore
+from . import _Ctx, _errors, cli, pass_ctx, run
 from ._output import emit_json
 
 __all__: list[str] = []
+
+
+async def _with_store(
+    obj: _Ctx, action: Callable[[StateStore], Awaitable[NodeRecord]]
+) -> NodeRecord:
+    async with _admin.store_for(obj.config()) as store:
+        return await action(store)
 
 
 @cli.command()
@@ -27,18 +36,27 @@ def lockdown(obj: _Ctx, switch: str, role: str | None, reason: str, as_json: boo
     forgotten; turning lockdown off processes them.  The running daemon picks
     the change up within a fraction of a second.
     """
+    async def status() -> dict[str, bool]:
+        async with _admin.store_for(config, readonly=True) as store:
+            return await store.lockdown()
+
+    async def flip() -> str | None:
+        async with _admin.store_for(config) as store:
+            return await _admin.set_lockdown(
+                config, store, switch == "on", role=role, reason=reason
+            )
+
     with _errors():
         config = obj.config()
         if switch == "status":
-            with _admin.open_store(config, readonly=True) as store:
-                switches = store.lockdown()
+            switches = run(status())
             if as_json:
                 emit_json(switches)
             else:
                 for scope, on in sorted(switches.items()) or [("*", False)]:
                     click.echo(f"{'all roles' if scope == '*' else scope}: {'on' if on else 'off'}")
             return
-        warning = _admin.set_lockdown(config, switch == "on", role=role, reason=reason)
+        warning = run(flip())
         if warning:
             click.echo(f"autoreg: warning: {warning}", err=True)
         click.echo(f"lockdown {switch} for {role or 'all roles'}")
@@ -97,11 +115,18 @@ def register(
         except AnnouncementError as exc:
             raise click.BadParameter(str(exc)) from exc
         config = obj.config()
-        rec = _admin.manual_register(config, ann)
-        click.echo(f"queued {rec.role} {rec.display_name} ({rec.node_id}) for registration")
+
+        async def queue() -> tuple[NodeRecord, NodeRecord | None]:
+            async with _admin.store_for(config) as store:
+                rec = await _admin.manual_register(config, store, ann)
+                click.echo(f"queued {rec.role} {rec.display_name} ({rec.node_id}) for registration")
+                if wait is None:
+                    return rec, rec
+                return rec, await _admin.wait_settled(store, rec.node_id, timeout=wait)
+
+        rec, current = run(queue())
         if wait is None:
             return
-        current = _admin.wait_settled(config, rec.node_id, timeout=wait)
         state = current.state.value if current else "forgotten"
         reason = current.reason if current else ""
         click.echo(f"{rec.node_id}: {state}: {reason}")
@@ -118,7 +143,7 @@ def forget(obj: _Ctx, node: str, yes: bool) -> None:
     with _errors():
         if not yes and not click.confirm(f"forget {node}?", default=False, err=True):
             raise click.Abort
-        rec = _admin.forget_node(obj.config(), node)
+        rec = run(_with_store(obj, lambda store: _admin.forget_node(store, node)))
         click.echo(f"forgot {rec.role} {rec.display_name} ({rec.node_id}), was {rec.state.value}")
 
 
@@ -128,7 +153,7 @@ def forget(obj: _Ctx, node: str, yes: bool) -> None:
 def retry(obj: _Ctx, node: str) -> None:
     """Try a failed, unreachable, rejected or interrupted node again now."""
     with _errors():
-        rec = _admin.retry_node(obj.config(), node)
+        rec = run(_with_store(obj, lambda store: _admin.retry_node(store, node)))
         click.echo(
             f"{rec.node_id}: will be retried"
             + (" (hook runs with AUTOREG_RESUMED=1)" if rec.resumed else "")
@@ -146,10 +171,10 @@ def keys_init(obj: _Ctx) -> None:
     """Create the controller key (ed25519) unless it exists; never overwrites."""
     with _errors():
         config = obj.config()
-        key, created = _admin.keys_init(config)
+        key, created = _keyfiles.keys_init(config)
         word = "created" if created else "kept existing"
         click.echo(f"{word} {config.controller_key} ({key.fingerprint})", err=True)
-        material = _admin.medium_material(config)
+        material = _keyfiles.medium_material(config)
         if material["controller_pin"] is None:
             click.echo(
                 "note: media for nodes that call back (--callback) also need the "
@@ -171,8 +196,8 @@ def keys_show(obj: _Ctx, as_json: bool) -> None:
     """
     with _errors():
         config = obj.config()
-        key = _admin.keys_show(config)
-        material = _admin.medium_material(config)
+        key = _keyfiles.keys_show(config)
+        material = _keyfiles.medium_material(config)
         if as_json:
             emit_json(
                 {

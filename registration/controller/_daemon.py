@@ -1,30 +1,28 @@
-"""The registration daemon: browse → decide → verify → hook → record.
+"""The registration daemon: browse → ingest → decide → verify → hook → record.
 
-Every input (an announcement, a goodbye, a finished registration, a retry
-timer, a lockdown switch flipped by the CLI, this registrar's own
-registration) marks the daemon *dirty*; one reconcile pass then re-decides
-every unsettled node against the current state.  Because decisions are taken
-from state, not from the order of events, a node that must wait ("SC waits for
-its CC") is registered as soon as its requirement is met, and no event can be
-missed.  Everything runs on one event loop; sqlite and SSH run in bounded
-thread pools.
+The daemon wires the parts together and owns their lifecycle: the state store
+(one daemon per store: it takes the store's registrar lock first), crash
+recovery, the transport and its browser, the reconcile loop
+(``_reconciler.Reconciler``), the store's change feed, this registrar's own
+standing and announcement, and an orderly stop that records every hook it had
+to interrupt.  Everything runs on one event loop; SSH runs in a bounded thread
+pool, the store on its own executor.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import os
 import socket
-import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from typing import Any, Final
 
 import paramiko
 
+from .._clock import Clock, SystemClock
 from .._config import Config
 from .._exceptions import AnnouncementError, AutoregError, ConfigError
 from .._files import write_atomic
@@ -40,38 +38,54 @@ from ..protocol import (
     decode_node,
     encode_registrar,
 )
-from ..state import GLOBAL_SCOPE, NodeRecord, NodeState, Store
+from ..state import (
+    CLAIM_LEASE,
+    GLOBAL_SCOPE,
+    Change,
+    Event,
+    NodeState,
+    Source,
+    StateStore,
+    open_store,
+)
 from ..transport import Publication, ResolvedService, Transport, create_transport
-from ._registration import Registration
-from ._rules import Registrar, decide, owns
+from ._hooks import KILL_GRACE
+from ._ingest import Ingested, ingest
+from ._reconciler import Reconciler
+from ._registration import Registration, Registrations
+from ._rules import Registrar
 from ._ssh import load_private_key
 
-__all__ = ["Daemon"]
+__all__ = ["EXIT_INTERRUPTED", "Daemon"]
 
 log = logging.getLogger(__name__)
 
-#: Seconds between checks for changes other processes committed to the state
-#: store (lockdown switches, manual registrations, retries, forgets).
-STORE_POLL_INTERVAL: Final = 0.25
-#: Seconds before a registered node that still announces ``ready`` gets its
-#: receipt again (it may have missed it, or been reinstalled with the same key).
-RECEIPT_RESEND_INTERVAL: Final = 30.0
-_UNSETTLED: Final = frozenset(
-    {
-        NodeState.SEEN,
-        NodeState.WAITING,
-        NodeState.LOCKED,
-        NodeState.REFUSED,
-        NodeState.UNREACHABLE,
-        NodeState.FAILED,
-    }
-)
+#: Exit status of a daemon whose stop interrupted a running hook (documented: 130).
+EXIT_INTERRUPTED: Final = 130
+#: Seconds a stopping daemon gives running registrations to record their outcome.
+STOP_GRACE: Final = 2 * KILL_GRACE + 2.0
+#: Backoff after the store's change feed failed: first, cap.
+WATCH_RETRY_INITIAL: Final = 0.5
+WATCH_RETRY_MAX: Final = 30.0
 
 
 class Daemon:
-    """One registrar: ``autoreg daemon``."""
+    """One registrar: ``autoreg daemon``.
 
-    def __init__(self, config: Config, *, transport: Transport | None = None) -> None:
+    ``transport``, ``store``, ``clock`` and ``registrations`` are seams for tests (an
+    in-memory transport, a fake clock, scripted registrations); by default the
+    configured transport and store, the system clock and real SSH registrations.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        transport: Transport | None = None,
+        store: StateStore | None = None,
+        clock: Clock | None = None,
+        registrations: Registrations | None = None,
+    ) -> None:
         if not config.controller.role:
             raise ConfigError(
                 "this host registers nothing: set [controller] role "
@@ -81,62 +95,87 @@ class Daemon:
         self.role: str = config.controller.role
         self.cluster = config.controller.cluster or config.node.cluster
         self._transport = transport
-        self._db = ThreadLimiter("autoreg-db", 1)
+        self._store = store
+        self._own_store = store is None
+        self._clock: Clock = clock or SystemClock()
+        self._registrations = registrations
         self._io = ThreadLimiter("autoreg-ssh", config.controller.max_parallel)
-        self._slots = asyncio.Semaphore(config.controller.max_parallel)
-        self._store: Store | None = None
-        self._dirty = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._in_flight: dict[str, asyncio.Task[Any]] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._names: dict[str, str] = {}
-        self._receipt_sent: dict[str, float] = {}
+        self._locked = False  # we hold the store's registrar lock
+        self._interrupted: list[str] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._recon: Reconciler | None = None
         self._self_registered = True
         self._publication: Publication | None = None
         self._registrar_state = ""
-        self._lockdown: Mapping[str, bool] = {}
         self._key: paramiko.PKey | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Task[None]] = set()
-        self._registration: Registration | None = None
+        self._last_seq = 0
         self.identity: NodeIdentity | None = None
+        self.owner = ""
+        self.observer = ""
 
     # -- lifecycle ---------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Run until :meth:`stop` is called (or the task is cancelled)."""
-        await self.start()
+    async def run(self) -> int:
+        """Run until :meth:`stop`; the exit status (0, or 130 when a hook was interrupted)."""
         try:
+            await self.start()
             await self._stopping.wait()
         finally:
             await self.close()
+        return EXIT_INTERRUPTED if self._interrupted else 0
 
     def stop(self) -> None:
         self._stopping.set()
+        if self._registrations is not None:
+            self._registrations.interrupt()  # before any hook's own exit is processed
 
     async def start(self) -> None:
-        self._store = await self._db.run(Store, self.config.db_path)
+        self.identity = NodeIdentity.from_config(self.config, need_host_key=False)
+        self.observer = f"{self.role}:{self.identity.node_id}"
+        self.owner = f"{self.observer}:{os.getpid()}:{int(self._clock.time())}"
+        if self._store is None:
+            self._store = await open_store(self.config, origin=self.owner)
         store = self._store
-        self._registration = Registration(
-            self.config, store, self._db, self._io, self._private_key, self._record
+        await store.lock_registrar(self.owner)  # AlreadyRunning: nothing else is touched
+        self._locked = True
+        self._last_seq = max((e.seq for e in await store.last_events(1)), default=0)
+        await store.clear_presence(source=Source.MDNS, observer=self.observer)
+        recon = self._recon = Reconciler(
+            store,
+            registrar=self._registrar,
+            owner=self.owner,
+            clock=self._clock,
+            max_parallel=self.config.controller.max_parallel,
+            after_pass=self._update_announcement,
         )
-        await self._db.run(store.mark_all_absent)
+        if self._registrations is None:
+            self._registrations = Registration(
+                self.config,
+                store,
+                self._io,
+                self._private_key,
+                recon.change,
+                owner=self.owner,
+                clock=self._clock,
+            )
+        recon.registrations = self._registrations
         await self._recover()
         self._self_registered = await self._check_self_registered()
-        self.identity = NodeIdentity.from_config(self.config, need_host_key=False)
+        await recon.load()
         if self._transport is None:
             # `auto` asks D-Bus whether avahi-daemon answers: blocking, so in a thread.
             self._transport = await asyncio.to_thread(create_transport, self.config)
-        await self._transport.async_start()
-        await self._transport.async_browse(NODE_SERVICE_TYPE, self)
-        await self._db.run(
-            store.add_event,
+        await self._transport.start()
+        await self._transport.browse(NODE_SERVICE_TYPE, self)
+        await store.add_event(
             None,
             "daemon",
             f"registrar {self.role}"
             + (f" of cluster {self.cluster}" if self.cluster else "")
             + f" started (autoreg {__version__}, pid {os.getpid()}, "
-            f"transport {self._transport.name})"
+            f"transport {self._transport.name}, store {store.backend} {store.location})"
             + (
                 ""
                 if self._self_registered
@@ -145,58 +184,85 @@ class Daemon:
         )
         log.info("registrar %s started; browsing %s", self.role, NODE_SERVICE_TYPE)
         self._tasks = [
-            asyncio.ensure_future(self._reconcile_loop()),
+            asyncio.ensure_future(recon.run()),
             asyncio.ensure_future(self._watch_store()),
+            asyncio.ensure_future(self._watch_self()),
+            asyncio.ensure_future(self._renew_claims()),
         ]
-        self._tasks.append(asyncio.ensure_future(self._watch_self()))
-        self._lockdown = await self._db.run(store.lockdown)
         await self._announce_self()
         self._write_status()
-        self._dirty.set()
 
     async def close(self) -> None:
-        for handle in self._timers.values():
-            handle.cancel()
-        tasks = [*self._tasks, *self._in_flight.values(), *self._background]
-        for task in tasks:
+        """Stop everything that started (also after a failed start), in order."""
+        self._stopping.set()
+        for task in self._tasks:
             task.cancel()
-        for task in tasks:
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self._recon is not None:
+            interrupted = await self._recon.drain(STOP_GRACE)
+            self._interrupted = [r.node_id for r in interrupted]
+        for task in list(self._background):
+            task.cancel()
+        for task in list(self._background):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._transport is not None:
-            if self._publication is not None:
-                await self._publication.async_withdraw()
-            await self._transport.async_close()
-        if self._registration is not None:
-            self._registration.close()
+            with contextlib.suppress(AutoregError):
+                if self._publication is not None:
+                    await self._publication.withdraw()
+                await self._transport.close()
+        if self._registrations is not None:
+            self._registrations.close()
         if self._store is not None:
-            await self._db.run(self._store.add_event, None, "daemon", "registrar stopped")
-            await self._db.run(self._store.close)
-        with contextlib.suppress(OSError):
-            (self.config.state_dir / "daemon.json").unlink()
-        self._io.shutdown()
-        self._db.shutdown()
+            if self._locked:
+                with contextlib.suppress(AutoregError):
+                    await self._store.add_event(
+                        None,
+                        "daemon",
+                        "registrar stopped"
+                        + (
+                            f"; interrupted the hook of {', '.join(self._interrupted)}"
+                            if self._interrupted
+                            else ""
+                        ),
+                    )
+            if self._own_store:
+                await self._store.close()
+        if self._locked:
+            with contextlib.suppress(OSError):
+                (self.config.state_dir / "daemon.json").unlink()
+        await self._io.aclose()
 
     @property
-    def store(self) -> Store:
+    def store(self) -> StateStore:
         if self._store is None:
             raise RuntimeError("daemon not started")
         return self._store
+
+    @property
+    def reconciler(self) -> Reconciler:
+        if self._recon is None:
+            raise RuntimeError("daemon not started")
+        return self._recon
 
     def _private_key(self) -> paramiko.PKey:
         if self._key is None:
             self._key = load_private_key(self.config.controller_key)
         return self._key
 
-    # -- inputs (BrowseListener) ------------------------------------------------
+    def _registrar(self) -> Registrar:
+        return Registrar(self.role, self.cluster, self.config.profile, self._self_registered)
+
+    # -- inputs (BrowseListener, and the one way in) ---------------------------------
 
     def service_resolved(self, service: ResolvedService) -> None:
         self._spawn(self._on_service(service))
 
     def service_removed(self, name: str) -> None:
-        node_id = self._names.pop(name, None)
-        if node_id is not None:
-            self._spawn(self._on_gone(node_id, name))
+        self._spawn(self._on_gone(name))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run an input handler in the background, keeping a reference until it ends."""
@@ -209,8 +275,7 @@ class Daemon:
             ann = decode_node(service.properties, service.port)
         except AnnouncementError as exc:
             log.warning("rejected announcement %s: %s", service.name, exc)
-            await self._db.run(
-                self.store.add_event,
+            await self.store.add_event(
                 None,
                 "rejected-announcement",
                 f"rejected announcement {service.name}: {exc}",
@@ -222,279 +287,77 @@ class Daemon:
                 },
             )
             return
-        self._names[service.name] = ann.node_id
-        await self.observe(ann, source="mdns")
+        await self.ingest(ann, source=Source.MDNS, instance=service.name)
 
-    async def observe(self, ann: Announcement, *, source: str) -> None:
-        """Take in one announcement (from browsing, or a manual registration)."""
-        not_mine = owns(self._registrar(), ann.role, ann.cluster)
-        if not_mine:
-            log.debug("ignoring %s %s: %s", ann.role, ann.node_id, not_mine)
-            return
-        rec = await self._db.run(self.store.get, ann.node_id)
-        now = time.time()
-        if rec is None:
-            rec = NodeRecord.new(ann, source=source, reason="announced", now=now)
-            where = f" of cluster {ann.cluster}" if ann.cluster else ""
-            await self._db.run(
-                self.store.save,
-                rec,
-                kind="announced",
-                message=f"{_label(rec)}{where} announced at {ann.ip}:{ann.port} "
-                f"({ann.fingerprint})",
-                data={"announcement": dataclasses.asdict(ann)},
-            )
-        else:
-            await self._update(rec, ann, now)
-        self._dirty.set()
-
-    async def _update(self, rec: NodeRecord, ann: Announcement, now: float) -> None:
-        identity_changed = (rec.fingerprint, rec.role, rec.cluster, rec.key_type) != (
-            ann.fingerprint,
-            ann.role,
-            ann.cluster,
-            ann.key_type,
+    async def ingest(
+        self, ann: Announcement, *, source: Source, instance: str, lease: float | None = None
+    ) -> Ingested:
+        """Take in one announcement from any source (the one way in)."""
+        result = await ingest(
+            self.store,
+            self._registrar(),
+            ann,
+            source=source,
+            instance=instance,
+            observer=self.observer if source is Source.MDNS else "",
+            lease=lease,
         )
-        moved = (rec.ip, rec.port, rec.name) != (ann.ip, ann.port, ann.name)
-        settled = rec.state in (NodeState.REGISTERED, NodeState.REGISTERING, NodeState.INTERRUPTED)
-        if settled and identity_changed:
-            await self._db.run(
-                self.store.add_event,
-                rec.node_id,
-                "conflict",
-                f"{rec.node_id} is {rec.state.value} with {rec.role}/{rec.cluster} "
-                f"{rec.fingerprint} but now announces {ann.role}/{ann.cluster} "
-                f"{ann.fingerprint}: ignored; `autoreg forget {rec.node_id}` to register it anew",
-                {"announcement": dataclasses.asdict(ann)},
-            )
-            await self._db.run(self.store.update, rec.node_id, {"present": True, "last_seen": now})
-            return
-        # Only the announcement's own columns: a registration in flight owns the rest.
-        changes: dict[str, Any] = {
-            "ip": ann.ip,
-            "port": ann.port,
-            "name": ann.name,
-            "announced_state": ann.state,
-            "present": True,
-            "last_seen": now,
-        }
-        if not settled:
-            changes.update(
-                fingerprint=ann.fingerprint,
-                role=ann.role,
-                cluster=ann.cluster,
-                key_type=ann.key_type,
-            )
-            # A node that comes back (rebooted) gets another chance at failed or
-            # unreachable; a rejected one only when what it announces changed.
-            retry = rec.state in (NodeState.FAILED, NodeState.UNREACHABLE) and not rec.present
-            if retry or (
-                rec.state in (NodeState.FAILED, NodeState.UNREACHABLE, NodeState.REJECTED)
-                and (identity_changed or moved)
-            ):
-                changes.update(
-                    state=NodeState.SEEN,
-                    attempts=0,
-                    next_attempt=None,
-                    updated=now,
-                    reason="announced again with new data; re-evaluating",
-                )
-        kind = message = None
-        if moved or identity_changed or not rec.present or "state" in changes:
-            kind = "announced"
-            message = f"{_label(rec)} re-announced at {ann.ip}:{ann.port} (state {ann.state})"
-        await self._db.run(self.store.update, rec.node_id, changes, kind=kind, message=message)
+        if result.not_mine:
+            log.debug("ignoring %s %s: %s", ann.role, ann.node_id, result.not_mine)
+        elif result.absorbed is not None:
+            self.reconciler.apply(result.absorbed.record)
+        return result
 
-    async def _on_gone(self, node_id: str, name: str) -> None:
-        rec = await self._db.run(self.store.get, node_id)
-        if rec is None or not rec.present:
-            return
-        await self._db.run(
-            self.store.update,
-            node_id,
-            {"present": False},
-            kind="withdrawn",
-            message=f"{_label(rec)} withdrew its announcement (goodbye)",
-        )
-        self._dirty.set()
-
-    # -- the decision loop -------------------------------------------------------
-
-    def _registrar(self) -> Registrar:
-        return Registrar(self.role, self.cluster, self.config.profile, self._self_registered)
-
-    async def _reconcile_loop(self) -> None:
-        while True:
-            await self._dirty.wait()
-            self._dirty.clear()
-            try:
-                await self._reconcile()
-            except Exception:  # the daemon keeps serving whatever one pass hits
-                log.exception("reconcile pass failed; will retry on the next change")
-                await asyncio.sleep(STORE_POLL_INTERVAL)
-                self._dirty.set()
-
-    async def _reconcile(self) -> None:
-        me = self._registrar()
-        now = time.time()
-        for rec in await self._db.run(self.store.nodes):
-            if rec.node_id in self._in_flight:
-                continue
-            if rec.state is NodeState.REGISTERED:
-                self._maybe_resend_receipt(rec, now)
-                continue
-            if rec.state not in _UNSETTLED or (not rec.present and rec.source != "manual"):
-                continue
-            if rec.state in (NodeState.FAILED, NodeState.UNREACHABLE):
-                if rec.next_attempt is None:
-                    continue  # gave up: waits for new data or `autoreg retry`
-                if rec.next_attempt > now:
-                    self._arm_timer(rec.node_id, rec.next_attempt - now)
-                    continue
-            decision = await self._db.run(decide, rec, me, self.store)
-            state = {
-                "ignore": rec.state,
-                "reject": NodeState.REJECTED,
-                "lock": NodeState.LOCKED,
-                "wait": NodeState.WAITING,
-                "refuse": NodeState.REFUSED,
-                "register": NodeState.REGISTERING,
-            }[decision.action]
-            if decision.action == "ignore":
-                continue
-            if decision.action == "register":
-                self._start(
-                    await self._record(
-                        rec,
-                        NodeState.REGISTERING,
-                        "verifying over SSH",
-                        kind="registering",
-                        hook_pid=None,
-                    )
-                )
-            elif (state, decision.reason) != (rec.state, rec.reason):
-                await self._record(rec, state, decision.reason, kind=state.value)
-        await self._update_announcement()
-
-    def _start(self, rec: NodeRecord) -> None:
-        async def job() -> None:
-            assert self._registration is not None
-            try:
-                async with self._slots:
-                    done = await self._registration.register(rec)
-                if done.state is NodeState.REGISTERED:
-                    # The receipt just went out; give the node time to re-announce.
-                    self._receipt_sent[rec.node_id] = time.time()
-            except Exception as exc:
-                log.exception("registration of %s crashed", rec.node_id)
-                await self._record(
-                    rec,
-                    NodeState.FAILED,
-                    f"internal error: {exc!r}",
-                    kind="error",
-                    next_attempt=None,
-                    hook_pid=None,
-                )
-            finally:
-                self._in_flight.pop(rec.node_id, None)
-                self._dirty.set()
-
-        self._in_flight[rec.node_id] = asyncio.ensure_future(job())
-
-    def _maybe_resend_receipt(self, rec: NodeRecord, now: float) -> None:
-        if not rec.present or rec.source != "mdns" or rec.announced_state != "ready":
-            return
-        if now - self._receipt_sent.get(rec.node_id, 0.0) < RECEIPT_RESEND_INTERVAL:
-            self._arm_timer(rec.node_id, RECEIPT_RESEND_INTERVAL)
-            return
-        self._receipt_sent[rec.node_id] = now
-
-        async def job() -> None:
-            assert self._registration is not None
-            try:
-                error = await self._registration.redeliver_receipt(rec)
-                log.info(
-                    "%s: registered but announces ready: receipt %s",
-                    rec.node_id,
-                    f"not delivered ({error})" if error else "delivered again",
-                )
-            finally:
-                self._in_flight.pop(rec.node_id, None)
-
-        self._in_flight[rec.node_id] = asyncio.ensure_future(job())
-
-    def _arm_timer(self, node_id: str, delay: float) -> None:
-        old = self._timers.pop(node_id, None)
-        if old is not None:
-            old.cancel()
-        self._timers[node_id] = asyncio.get_running_loop().call_later(
-            max(0.0, delay), self._dirty.set
-        )
-
-    async def _record(
-        self,
-        rec: NodeRecord,
-        state: NodeState,
-        reason: str,
-        *,
-        kind: str,
-        data: dict[str, Any] | None = None,
-        **changes: Any,
-    ) -> NodeRecord:
-        """Move ``rec`` to ``state`` (only the decision columns), log it, return it fresh."""
-        message = f"{_label(rec)}: {state.value}: {reason}"
-        level = (
-            logging.WARNING
-            if state in (NodeState.REJECTED, NodeState.FAILED, NodeState.UNREACHABLE)
-            else logging.INFO
-        )
-        log.log(level, "%s", message)
-        fields = {"state": state, "reason": reason, "updated": time.time(), **changes}
-        fresh = await self._db.run(
-            self.store.update, rec.node_id, fields, kind=kind, message=message, data=data
-        )
-        return fresh if fresh is not None else dataclasses.replace(rec, **fields)
+    async def _on_gone(self, name: str) -> None:
+        rec = await self.store.withdraw(source=Source.MDNS, instance=name, observer=self.observer)
+        if rec is not None:
+            self.reconciler.apply(rec)
 
     # -- recovery, self-registration, change watching ----------------------------------
 
     async def _recover(self) -> None:
-        """Nodes left ``registering`` by a daemon that died: never half-registered silently."""
-        for rec in await self._db.run(self.store.nodes):
+        """Claims left by a daemon that died: never half-registered silently."""
+        for rec in await self.store.reclaimable(self.owner):
             if rec.state is not NodeState.REGISTERING:
                 continue
-            if rec.hook_pid is None:
-                await self._record(
-                    rec,
-                    NodeState.SEEN,
-                    "the daemon restarted before the hook ran; starting over",
-                    kind="recovered",
-                )
+            change: dict[str, Any]
+            if not rec.hook_started:
+                change = {
+                    "to": NodeState.SEEN,
+                    "kind": "recovered",
+                    "reason": "the daemon restarted before the hook ran; starting over",
+                }
             elif self.config.controller.resume_interrupted:
-                await self._record(
-                    rec,
-                    NodeState.SEEN,
-                    "the daemon stopped while the hook ran; resuming (resume_interrupted = yes)",
-                    kind="interrupted",
-                    resumed=True,
-                    hook_pid=None,
-                )
+                change = {
+                    "to": NodeState.SEEN,
+                    "kind": "interrupted",
+                    "reason": "the daemon stopped while the hook ran; resuming "
+                    "(resume_interrupted = yes)",
+                    "fields": {"resumed": True},
+                }
             else:
-                pid = f" (pid {rec.hook_pid})" if rec.hook_pid else ""
-                await self._record(
-                    rec,
-                    NodeState.INTERRUPTED,
-                    f"the daemon stopped while the hook{pid} was running, so it may or may not "
-                    f"have registered the node; check it, then `autoreg retry {rec.node_id}` "
-                    f"(re-runs the hook with AUTOREG_RESUMED=1) or `autoreg forget "
-                    f"{rec.node_id}`",
-                    kind="interrupted",
-                    hook_pid=None,
-                )
+                change = {
+                    "to": NodeState.INTERRUPTED,
+                    "kind": "interrupted",
+                    "reason": "the daemon stopped while the hook was running, so it may or "
+                    "may not have registered the node; check it, then `autoreg retry "
+                    f"{rec.node_id}` (re-runs the hook with AUTOREG_RESUMED=1) or "
+                    f"`autoreg forget {rec.node_id}`",
+                }
+            await self.store.change(
+                rec.node_id,
+                Change(
+                    expect=NodeState.REGISTERING,
+                    generation=rec.generation,
+                    owner=self.owner,
+                    **change,
+                ),
+            )
 
     async def _check_self_registered(self) -> bool:
         if not Registrar(self.role, self.cluster, self.config.profile).needs_self_registration:
             return True
-        return await self._db.run(self_registration_state, self.config.node) is not None
+        return await asyncio.to_thread(self_registration_state, self.config.node) is not None
 
     async def _watch_self(self) -> None:
         """This registrar's own standing, and its announcement (repaired if lost)."""
@@ -502,25 +365,51 @@ class Daemon:
             await asyncio.sleep(self.config.node.poll_interval)
             if self._publication is not None:
                 try:
-                    await self._publication.async_maintain()
+                    await self._publication.maintain()
                 except AutoregError as exc:
                     log.warning("cannot repair the registrar announcement: %s", exc)
             now_registered = await self._check_self_registered()
             if now_registered != self._self_registered:
                 self._self_registered = now_registered
                 word = "is now registered" if now_registered else "is no longer registered"
-                await self._db.run(self.store.add_event, None, "self", f"this {self.role} {word}")
+                await self.store.add_event(None, "self", f"this {self.role} {word}")
                 self._write_status()
-                self._dirty.set()
+                self.reconciler.mark_all()
 
     async def _watch_store(self) -> None:
-        version = await self._db.run(self.store.data_version)
+        """Changes other processes commit (lockdown, retry, forget, manual registrations)."""
+        failures = 0
         while True:
-            await asyncio.sleep(STORE_POLL_INTERVAL)
-            current = await self._db.run(self.store.data_version)
-            if current != version:
-                version = current
-                self._dirty.set()
+            try:
+                async for batch in self.store.watch(after=self._last_seq):
+                    for event in batch:
+                        self._last_seq = event.seq
+                        if event.origin != self.owner:
+                            await self._external(event)
+                    failures = 0
+            except AutoregError as exc:
+                failures += 1
+                delay = min(WATCH_RETRY_MAX, WATCH_RETRY_INITIAL * 2 ** (failures - 1))
+                log.warning("the store's change feed failed: %s; again in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _external(self, event: Event) -> None:
+        if event.kind == "lockdown":
+            self.reconciler.set_lockdown(await self.store.lockdown())
+        elif event.node_id is not None:
+            await self.reconciler.reload(event.node_id)
+
+    async def _renew_claims(self) -> None:
+        """Keep this registrar's claims alive while it works on them."""
+        while True:
+            await asyncio.sleep(CLAIM_LEASE / 3)
+            if self.reconciler.in_flight:
+                try:
+                    await self.store.renew_claims(self.owner, CLAIM_LEASE)
+                except AutoregError as exc:
+                    log.warning("cannot renew claims: %s", exc)
+
+    # -- this registrar's own announcement ------------------------------------------
 
     async def _announce_self(self) -> None:
         if (
@@ -547,7 +436,7 @@ class Daemon:
                 node_id=ann.node_id,
                 probe=self.config.node.probe,
             )
-        await self._publication.async_set(ip=ann.ip, port=ann.port, txt=encode_registrar(ann))
+        await self._publication.set(ip=ann.ip, port=ann.port, txt=encode_registrar(ann))
         self._registrar_state = state
 
     def _current_registrar_state(self) -> RegistrarState:
@@ -557,12 +446,12 @@ class Daemon:
 
     @property
     def _locked_all(self) -> bool:
-        return self._lockdown.get(GLOBAL_SCOPE, False) or all(
-            self._lockdown.get(r, False) for r in self.config.profile.roles_registered_by(self.role)
+        switches = self._recon.index.lockdown if self._recon is not None else {}
+        return switches.get(GLOBAL_SCOPE, False) or all(
+            switches.get(r, False) for r in self.config.profile.roles_registered_by(self.role)
         )
 
     async def _update_announcement(self) -> None:
-        self._lockdown = await self._db.run(self.store.lockdown)
         if (
             self._publication is not None
             and self._current_registrar_state() != self._registrar_state
@@ -577,11 +466,13 @@ class Daemon:
             "role": self.role,
             "cluster": self.cluster,
             "host": socket.gethostname(),
+            "owner": self.owner,
             "transport": self._transport.name if self._transport else None,
+            "store": self.store.backend,
             "interfaces": list(self.config.interfaces),
             "self_registered": self._self_registered,
             "registrar_state": self._registrar_state or self._current_registrar_state(),
-            "updated": time.time(),
+            "updated": self._clock.time(),
         }
         write_atomic(
             self.config.state_dir / "daemon.json",
@@ -591,12 +482,7 @@ class Daemon:
         )
 
 
-def _label(rec: NodeRecord) -> str:
-    """How events name a node: role, name and id."""
-    return f"{rec.role} {rec.display_name} ({rec.node_id})"
-
-
-def _printable_txt(properties: Mapping[bytes, bytes | None]) -> dict[str, str | None]:
+def _printable_txt(properties: Any) -> dict[str, str | None]:
     def show(raw: bytes | None) -> str | None:
         return None if raw is None else raw[:80].decode("utf-8", "backslashreplace")
 

@@ -41,13 +41,28 @@ class HookResult:
     stderr: str
     duration: float
     timed_out: bool = False
+    #: The daemon was stopped while the hook ran: it was terminated, output kept so far.
+    interrupted: bool = False
+    pid: int | None = None
+    timeout: float | None = None
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out
+        return self.returncode == 0 and not self.timed_out and not self.interrupted
+
+    @property
+    def status(self) -> str:
+        """How the run ended, in words: "exit 3", "killed after hook_timeout (20 s)"."""
+        if self.timed_out:
+            return f"killed after hook_timeout ({self.timeout:g} s)"
+        if self.interrupted:
+            return "terminated: the daemon was stopped"
+        if self.returncode is not None and self.returncode < 0:
+            return f"killed by signal {-self.returncode}"
+        return f"exit {self.returncode}"
 
     def to_error(self) -> HookError:
-        what = "timed out" if self.timed_out else "failed"
+        what = f"timed out: {self.status}" if self.timed_out else f"failed ({self.status})"
         return HookError(
             f"hook {what}",
             command=self.command,
@@ -84,8 +99,13 @@ async def run_hook(
     *,
     timeout: float,
     on_start: Callable[[int], None] | None = None,
+    interrupt: asyncio.Event | None = None,
 ) -> HookResult:
-    """Run one hook to completion (or to its time limit) and collect its output."""
+    """Run one hook to completion (or to its time limit) and collect its output.
+
+    Setting ``interrupt`` terminates the hook's process group (the daemon is
+    stopping); the result says so and keeps the output so far.
+    """
     full_env = {k: os.environ[k] for k in _PASSED_THROUGH if k in os.environ}
     full_env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     full_env.update(env)
@@ -110,16 +130,23 @@ async def run_hook(
         assert proc.stdout is not None and proc.stderr is not None
         out_task = asyncio.ensure_future(_tail(proc.stdout))
         err_task = asyncio.ensure_future(_tail(proc.stderr))
-        timed_out = False
+        timed_out = interrupted = False
+        waiter = asyncio.ensure_future(proc.wait())
+        stopper = asyncio.ensure_future((interrupt or asyncio.Event()).wait())
         try:
-            await asyncio.wait_for(proc.wait(), timeout)
-        except TimeoutError:
-            timed_out = True
-            await _terminate_group(proc)
+            finished, _ = await asyncio.wait(
+                {waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if waiter not in finished:
+                timed_out = stopper not in finished
+                interrupted = not timed_out
+                await _terminate_group(proc)
         except asyncio.CancelledError:
             await _terminate_group(proc)
             raise
         finally:
+            waiter.cancel()
+            stopper.cancel()
             # The group may have children that keep the pipes open: bound the wait.
             done, pending = await asyncio.wait({out_task, err_task}, timeout=KILL_GRACE)
             for task in pending:
@@ -133,6 +160,9 @@ async def run_hook(
         stderr=sanitize_output(stderr),
         duration=time.monotonic() - started,
         timed_out=timed_out,
+        interrupted=interrupted,
+        pid=proc.pid,
+        timeout=timeout,
     )
 
 

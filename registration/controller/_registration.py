@@ -1,8 +1,12 @@
 """One registration: verify over SSH, run the hook, leave the receipt.
 
 The decision to register was already taken and committed (state
-``registering``); this module carries it out and reports the outcome through
-the daemon's ``record`` callback, which writes state and event atomically.
+``registering``, with this registrar's claim); this module carries it out.
+Every outcome is one compare-and-set state change through the daemon's
+``change`` callback: from ``registering``, on the same row, under the same
+claim.  When the node changed meanwhile (the admin forgot it while its hook
+ran) the change is refused, nothing is re-created, and an event says what
+became of the hook's work.
 """
 
 from __future__ import annotations
@@ -17,37 +21,40 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 import paramiko
 
+from .._clock import Clock
 from .._config import Config
 from .._exceptions import FingerprintMismatch, HookError, SSHError
 from .._threads import ThreadLimiter
-from ..state import NodeRecord, NodeState, Store
+from ..state import Change, NodeRecord, NodeState, StateStore
 from ._hooks import EXIT_DECLINED, HookResult, find_hook, run_hook
 from ._reach import AccessFiles, Reach
 from ._ssh import VerifiedSession
 
-__all__ = ["Recorder", "Registration", "receipt_path_for"]
+__all__ = ["ChangeFn", "Registration", "Registrations", "receipt_path_for"]
 
 #: Jitter applied to retry delays (±fraction), so retries of many nodes spread out.
 RETRY_JITTER: Final = 0.1
 
+#: Applies one state change (compare-and-set); None when the node changed meanwhile.
+ChangeFn = Callable[[NodeRecord, Change], Awaitable[NodeRecord | None]]
 
-class Recorder(Protocol):
-    def __call__(
-        self,
-        rec: NodeRecord,
-        state: NodeState,
-        reason: str,
-        *,
-        kind: str,
-        data: dict[str, Any] | None = None,
-        **changes: Any,
-    ) -> Awaitable[NodeRecord]: ...
+
+class Registrations(Protocol):
+    """What the daemon needs from whoever carries out registrations (a seam for tests)."""
+
+    async def register(self, rec: NodeRecord) -> NodeRecord | None: ...
+
+    async def redeliver_receipt(self, rec: NodeRecord) -> str | None: ...
+
+    def interrupt(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def receipt_path_for(config: Config, rec: NodeRecord) -> str:
@@ -58,24 +65,27 @@ def receipt_path_for(config: Config, rec: NodeRecord) -> str:
 
 
 class Registration:
-    """Carries out registrations for one daemon."""
+    """Carries out registrations for one daemon (SSH in ``io``, state through ``change``)."""
 
     def __init__(
         self,
         config: Config,
-        store: Store,
-        db: ThreadLimiter,
+        store: StateStore,
         io: ThreadLimiter,
         key: Callable[[], paramiko.PKey],
-        record: Recorder,
+        change: ChangeFn,
+        *,
+        owner: str,
+        clock: Clock,
     ) -> None:
         self._config = config
         self._store = store
-        self._db = db
         self._io = io
         self._key = key
-        self._record = record
-        self._pending: set[asyncio.Future[None]] = set()
+        self._change = change
+        self._owner = owner
+        self._clock = clock
+        self._stopping = asyncio.Event()
         self._mux: Path | None = None
 
     def _mux_dir(self) -> Path:
@@ -84,14 +94,43 @@ class Registration:
             self._mux = Path(tempfile.mkdtemp(prefix="autoreg-mux-"))
         return self._mux
 
+    def interrupt(self) -> None:
+        """The daemon is stopping: terminate running hooks (they are recorded interrupted)."""
+        self._stopping.set()
+
     def close(self) -> None:
         """Remove the connection-sharing directory (masters exit by themselves)."""
         if self._mux is not None:
             shutil.rmtree(self._mux, ignore_errors=True)
             self._mux = None
 
-    async def register(self, rec: NodeRecord) -> NodeRecord:
-        """Register ``rec`` (already committed as ``registering``); returns the final record."""
+    def _step(
+        self,
+        rec: NodeRecord,
+        to: NodeState,
+        reason: str,
+        kind: str,
+        *,
+        data: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> Awaitable[NodeRecord | None]:
+        """One state change of ``rec`` from ``registering``, under this registrar's claim."""
+        return self._change(
+            rec,
+            Change(
+                expect=NodeState.REGISTERING,
+                to=to,
+                reason=reason,
+                kind=kind,
+                generation=rec.generation,
+                owner=self._owner,
+                fields=fields,
+                data=data or {},
+            ),
+        )
+
+    async def register(self, rec: NodeRecord) -> NodeRecord | None:
+        """Register ``rec`` (committed as ``registering``); the final record, None if lost."""
         attempt = rec.attempts + 1
         try:
             session = await self._connect(rec, authenticate=False)
@@ -103,13 +142,14 @@ class Registration:
                     f"the proxy {exc.host}:{exc.port} presented host key {exc.actual}, "
                     f"not its pinned proxy_fingerprint {exc.announced}"
                 )
-            return await self._record(
+            return await self._step(
                 rec,
                 NodeState.REJECTED,
                 f"{what}: possible spoofing; not registered",
-                kind="spoofing",
+                "spoofing",
                 data={"announced": exc.announced, "actual": exc.actual, "host": exc.host},
                 attempts=attempt,
+                next_attempt=None,
             )
         except SSHError as exc:
             return await self._retry(rec, NodeState.UNREACHABLE, str(exc), attempt, kind="ssh")
@@ -131,7 +171,7 @@ class Registration:
         session: VerifiedSession,
         auth: asyncio.Future[SSHError | None],
         attempt: int,
-    ) -> NodeRecord:
+    ) -> NodeRecord | None:
         ctl = self._config.controller
         files = await self._io.run(self._reach().write_access_files, rec, session)
         try:
@@ -146,43 +186,66 @@ class Registration:
                     rec, NodeState.UNREACHABLE, str(auth_error), attempt, kind="ssh"
                 )
         else:
-            await self._record(
+            # Committed before the spawn: a daemon that dies from here on leaves the
+            # node "interrupted", never silently half-registered.
+            started = await self._step(
                 rec,
                 NodeState.REGISTERING,
                 f"running hook {hook}",
-                kind="hook-start",
-                hook_pid=0,
+                "hook-start",
+                hook_started=True,
                 attempts=attempt,
             )
-            result = await run_hook(
-                hook,
-                self._hook_env(rec, session, files, attempt),
-                timeout=ctl.hook_timeout,
-                on_start=lambda pid: self._note_pid(rec, pid),
-            )
+            if started is None:
+                return None  # forgotten (or taken over) before the hook ran: nothing ran
+            rec = started
+            try:
+                result = await run_hook(
+                    hook,
+                    self._hook_env(rec, session, files, attempt),
+                    timeout=ctl.hook_timeout,
+                    interrupt=self._stopping,
+                )
+            except HookError as exc:  # it could not even be started
+                return await self._retry(rec, NodeState.FAILED, str(exc), attempt, kind="hook")
             if not result.ok:
                 return await self._hook_failed(rec, result, attempt)
             auth_error = await auth
+        if not await self._still_mine(rec, result):
+            return None
         receipt_error = str(auth_error) if auth_error else await self._deliver_receipt(rec, session)
         reason = (
             "hook succeeded" if result else f"no hook {ctl.hooks_dir / rec.role}: nothing to run"
         )
         if receipt_error:
             reason += f"; receipt not delivered yet ({receipt_error})"
-        data = _hook_data(result) if result else {"hook": None}
-        return await self._record(
+        return await self._step(
             rec,
             NodeState.REGISTERED,
             reason,
-            kind="registered",
-            data=data,
+            "registered",
+            data=_hook_data(result) if result else {"hook": None},
             attempts=attempt,
-            registered_at=time.time(),
+            registered_at=self._clock.time(),
             next_attempt=None,
-            hook_pid=None,
             resumed=False,
             path=session.via.describe(),
         )
+
+    async def _still_mine(self, rec: NodeRecord, result: HookResult | None) -> bool:
+        """Before the receipt: is the row still the one we registered (not forgotten)?"""
+        current = await self._store.get(rec.node_id)
+        if current is not None and current.generation == rec.generation:
+            return True
+        what = f"its hook {result.command} succeeded" if result else "it was verified"
+        await self._store.add_event(
+            rec.node_id,
+            "outcome-dropped",
+            f"{rec.label}: {what}, but the node was forgotten meanwhile: no receipt, "
+            "nothing recorded; it is decided anew if it announces again",
+            _hook_data(result) if result else {},
+        )
+        return False
 
     async def _authenticate(self, session: VerifiedSession) -> SSHError | None:
         try:
@@ -208,7 +271,7 @@ class Registration:
     async def _connect(self, rec: NodeRecord, *, authenticate: bool = True) -> VerifiedSession:
         """A verified session over the first path that works (see ``_reach``)."""
         key = await self._io.run(self._key)
-        tunnel = await self._db.run(self._store.tunnel, rec.node_id)
+        tunnel = await self._store.tunnel(rec.node_id)
         ports = tunnel.ports if tunnel is not None else ()
         return await self._io.run(self._reach().connect, rec, key, ports, authenticate=authenticate)
 
@@ -225,7 +288,7 @@ class Registration:
             "registrar_role": self._config.controller.role,
             "registrar_cluster": self._registrar_cluster,
             "registrar_host": socket.gethostname(),
-            "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._clock.time())),
         }
         data = (json.dumps(receipt, indent=2) + "\n").encode()
         path = receipt_path_for(self._config, rec)
@@ -234,39 +297,43 @@ class Registration:
                 session = await self._connect(rec)
             await self._io.run(session.write_file, path, data, mode=0o644)
         except SSHError as exc:
-            await self._db.run(
-                self._store.add_event,
-                rec.node_id,
-                "receipt",
-                f"receipt not delivered: {exc}",
-                {"path": path},
+            await self._store.add_event(
+                rec.node_id, "receipt", f"receipt not delivered: {exc}", {"path": path}
             )
             return str(exc)
-        await self._db.run(
-            self._store.add_event,
-            rec.node_id,
-            "receipt",
-            f"receipt left on the node at {path}",
-            {"path": path},
+        await self._store.add_event(
+            rec.node_id, "receipt", f"receipt left on the node at {path}", {"path": path}
         )
         return None
 
-    async def _hook_failed(self, rec: NodeRecord, result: HookResult, attempt: int) -> NodeRecord:
+    async def _hook_failed(
+        self, rec: NodeRecord, result: HookResult, attempt: int
+    ) -> NodeRecord | None:
         data = _hook_data(result)
+        if result.interrupted or self._stopping.is_set():
+            return await self._step(
+                rec,
+                NodeState.INTERRUPTED,
+                f"the daemon was stopped while the hook {result.command} (pid {result.pid}) "
+                f"ran ({result.status}), so it may or may not have registered the node; "
+                f"check it, then `autoreg retry {rec.node_id}` (re-runs the hook with "
+                f"AUTOREG_RESUMED=1) or `autoreg forget {rec.node_id}`",
+                "interrupted",
+                data=data,
+                next_attempt=None,
+            )
         if result.returncode == EXIT_DECLINED:
-            return await self._record(
+            return await self._step(
                 rec,
                 NodeState.REJECTED,
                 f"hook declined the node (exit {EXIT_DECLINED})",
-                kind="hook-declined",
+                "hook-declined",
                 data=data,
                 attempts=attempt,
-                hook_pid=None,
                 next_attempt=None,
             )
-        err = result.to_error()
         last = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
-        detail = f"{err}" + (f": {last[0][:200]}" if last[0] else "")
+        detail = str(result.to_error()) + (f": {last[0][:200]}" if last[0] else "")
         return await self._retry(
             rec, NodeState.FAILED, detail, attempt, kind="hook-failed", data=data
         )
@@ -280,39 +347,30 @@ class Registration:
         *,
         kind: str,
         data: dict[str, Any] | None = None,
-    ) -> NodeRecord:
+    ) -> NodeRecord | None:
         ctl = self._config.controller
         if attempt >= ctl.max_attempts:
-            return await self._record(
+            return await self._step(
                 rec,
                 state,
                 f"gave up after {attempt} attempts: {error}; "
                 f"`autoreg retry {rec.node_id}` to try again",
-                kind=kind,
+                kind,
                 data=data,
                 attempts=attempt,
                 next_attempt=None,
-                hook_pid=None,
             )
         delay = min(ctl.retry_max, ctl.retry_initial * 2 ** (attempt - 1))
         delay *= 1 + random.uniform(-RETRY_JITTER, RETRY_JITTER)  # noqa: S311 - not crypto
-        return await self._record(
+        return await self._step(
             rec,
             state,
             f"attempt {attempt}/{ctl.max_attempts} failed: {error}; retrying in {delay:.0f}s",
-            kind=kind,
+            kind,
             data=data,
             attempts=attempt,
-            next_attempt=time.time() + delay,
-            hook_pid=None,
+            next_attempt=self._clock.time() + delay,
         )
-
-    def _note_pid(self, rec: NodeRecord, pid: int) -> None:
-        # The marker hook_pid=0 was committed before the spawn; the real pid is
-        # informational, so it is written in the background (reference kept).
-        task = asyncio.ensure_future(self._db.run(self._store.set_hook_pid, rec.node_id, pid))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
 
     @property
     def _registrar_cluster(self) -> str | None:
@@ -349,7 +407,10 @@ def _hook_data(result: HookResult) -> dict[str, Any]:
         "hook": result.command,
         "command": shlex.quote(result.command),
         "exit": result.returncode,
+        "status": result.status,
+        "pid": result.pid,
         "timed_out": result.timed_out,
+        "interrupted": result.interrupted,
         "duration": round(result.duration, 3),
         "stdout": result.stdout,
         "stderr": result.stderr,

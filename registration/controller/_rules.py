@@ -1,31 +1,31 @@
-"""The decision: what a registrar does with one node, given everything it knows.
+"""The decision: which state a node should be in, given everything the registrar knows.
 
-Pure logic over a read-only view of the state, so every rule (ownership,
-lockdown, self-registration, uniqueness, ordering) is testable without a
-network.  The daemon calls :func:`decide` for every unsettled node whenever
-anything changes, which is what makes ordering independent of the order in
-which announcements arrive.
+Pure logic over a read-only view of the state (the daemon's in-memory index,
+``_index.NodeIndex``), so every rule (ownership, lockdown, self-registration,
+uniqueness, ordering) is testable without a network.  :func:`decide` returns the
+target state and the reason; the state machine (``state._machine``) says whether
+the move is allowed, and the store applies it by compare-and-set.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Protocol
+from typing import Protocol
 
 from .._profile import Profile
-from ..state import NodeRecord
+from ..state import NodeRecord, NodeState
 
 __all__ = ["Decision", "Registrar", "StateView", "decide", "owns"]
 
-Action = Literal["ignore", "reject", "lock", "wait", "refuse", "register"]
-
 
 class StateView(Protocol):
-    def count_holding(
-        self, role: str, cluster: str | None, *, exclude: str
-    ) -> list[NodeRecord]: ...
+    def slot_holder(self, role: str, cluster: str | None, *, exclude: str) -> NodeRecord | None:
+        """A node of ``role`` (in ``cluster`` if given) that holds a registration slot."""
+        ...
 
-    def registered(self, role: str, cluster: str | None) -> list[NodeRecord]: ...
+    def has_registered(self, role: str, cluster: str | None) -> bool:
+        """Whether a node of ``role`` (in ``cluster`` if given) is registered."""
+        ...
 
     def is_locked(self, role: str) -> bool: ...
 
@@ -47,8 +47,15 @@ class Registrar:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Decision:
-    action: Action
+    """The target state (None: leave the node alone) and why.
+
+    ``exclusive`` is the uniqueness scope (role, cluster or None) the store must
+    check again in the transaction that moves the node to ``registering``.
+    """
+
+    state: NodeState | None
     reason: str
+    exclusive: tuple[str, str | None] | None = None
 
 
 def owns(me: Registrar, role: str, cluster: str | None) -> str | None:
@@ -74,28 +81,33 @@ def decide(node: NodeRecord, me: Registrar, view: StateView) -> Decision:
     """Decide about ``node``; the reason is written for the admin reading `autoreg list`."""
     not_mine = owns(me, node.role, node.cluster)
     if not_mine:
-        return Decision("ignore", not_mine)
+        return Decision(None, not_mine)
     spec = me.profile.role(node.role)
     assert spec is not None  # owns() checked it
     if spec.has_cluster and not node.cluster:
-        return Decision("reject", f"role {node.role} belongs to a cluster but announced none")
+        return Decision(
+            NodeState.REJECTED, f"role {node.role} belongs to a cluster but announced none"
+        )
     if view.is_locked(node.role):
-        return Decision("lock", f"lockdown is on for {node.role} registration")
+        return Decision(NodeState.LOCKED, f"lockdown is on for {node.role} registration")
     if me.needs_self_registration and not me.self_registered:
         where = f" {me.cluster}" if me.cluster else ""
-        return Decision("wait", f"waiting for this {me.role}{where} to be registered itself")
+        return Decision(
+            NodeState.WAITING, f"waiting for this {me.role}{where} to be registered itself"
+        )
+    exclusive: tuple[str, str | None] | None = None
     if spec.unique != "none":
         scope = node.cluster if spec.unique == "cluster" else None
-        holders = view.count_holding(node.role, scope, exclude=node.node_id)
-        if holders:
-            other = holders[0]
+        other = view.slot_holder(node.role, scope, exclude=node.node_id)
+        if other is not None:
             where = f" for cluster {scope}" if scope else ""
             return Decision(
-                "refuse",
+                NodeState.REFUSED,
                 f"a {node.role}{where} is already {other.state.value}: "
                 f"{other.display_name} ({other.node_id}, {other.ip}); "
                 f"`autoreg forget {other.node_id}` to replace it",
             )
+        exclusive = (node.role, scope)
     for required in spec.requires:
         req_spec = me.profile.role(required)
         cluster = (
@@ -103,7 +115,7 @@ def decide(node: NodeRecord, me: Registrar, view: StateView) -> Decision:
             if req_spec is not None and req_spec.has_cluster and spec.has_cluster
             else None
         )
-        if not view.registered(required, cluster):
+        if not view.has_registered(required, cluster):
             where = f" of cluster {cluster}" if cluster else ""
-            return Decision("wait", f"waiting for {required}{where} to be registered")
-    return Decision("register", "all requirements met")
+            return Decision(NodeState.WAITING, f"waiting for {required}{where} to be registered")
+    return Decision(NodeState.REGISTERING, "all requirements met", exclusive)

@@ -23,8 +23,10 @@ from typing import Final
 from .._config import Config
 from .._exceptions import ConfigError
 from .._files import write_atomic
-from .._sshkeys import generate_ed25519, parse_public_key, read_public_key
-from ..state import Store, Tunnel
+from .._keyfiles import CONTROLLER_HOST_ALIAS, controller_known_hosts_text
+from .._nodeconf import callback_section, render_conf
+from .._sshkeys import generate_ed25519, parse_public_key
+from ..state import StateStore, Tunnel
 
 __all__ = [
     "CONTROLLER_HOST_ALIAS",
@@ -38,8 +40,6 @@ __all__ = [
     "write_authorized_keys",
 ]
 
-#: The name under which nodes pin the controller's host key (its address may change).
-CONTROLLER_HOST_ALIAS: Final = "autoreg-controller"
 #: Seconds a tunnel probe waits for the node's sshd banner through the forward.
 PROBE_TIMEOUT: Final = 2.0
 
@@ -59,17 +59,17 @@ def authorized_keys_text(tunnels: list[Tunnel]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_authorized_keys(config: Config, store: Store) -> Path:
+async def write_authorized_keys(config: Config, store: StateStore) -> Path:
     """Rewrite the callback user's authorized_keys from the store, atomically."""
     path = config.controller.callback_authorized_keys
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, authorized_keys_text(store.tunnels()), mode=0o644)
+    write_atomic(path, authorized_keys_text(await store.tunnels()), mode=0o644)
     return path
 
 
-def add_tunnel(
+async def add_tunnel(
     config: Config,
-    store: Store,
+    store: StateStore,
     node_id: str,
     *,
     public_key: str | None,
@@ -88,16 +88,16 @@ def add_tunnel(
         raise ConfigError("give the node's callback public key, or --generate a key pair")
     parse_public_key(public_key, source=f"callback key of {node_id}")
     ctl = config.controller
-    tunnel = store.allocate_tunnel(
+    tunnel = await store.allocate_tunnel(
         node_id, public_key.strip(), count=ctl.tunnel_ports_per_node, port_range=ctl.tunnel_ports
     )
-    write_authorized_keys(config, store)
+    await write_authorized_keys(config, store)
     return tunnel, private
 
 
-def remove_tunnel(config: Config, store: Store, node_id: str) -> bool:
-    removed = store.remove_tunnel(node_id)
-    write_authorized_keys(config, store)
+async def remove_tunnel(config: Config, store: StateStore, node_id: str) -> bool:
+    removed = await store.remove_tunnel(node_id)
+    await write_authorized_keys(config, store)
     return removed
 
 
@@ -130,28 +130,18 @@ def sshd_match_block(config: Config) -> str:
     )
 
 
-def controller_known_hosts_text(config: Config) -> str:
-    """The pin a node needs for the controller's sshd (under an alias: addresses change)."""
-    key = read_public_key(config.controller.sshd_host_key)
-    return f"{CONTROLLER_HOST_ALIAS} {key.key_type} {key.openssh.split()[1]}\n"
-
-
 def callback_config_text(
     config: Config, tunnel: Tunnel, *, controller: str, key_path: str, known_hosts_path: str
 ) -> str:
     """The node's ``[callback]`` section for this allocation."""
-    return "\n".join(
-        [
-            "[callback]",
-            f"controller = {controller}",
-            f"port = {config.callback.port}",
-            f"user = {config.controller.callback_user}",
-            f"key = {key_path}",
-            f"known_hosts = {known_hosts_path}",
-            f"listen_ports = {', '.join(map(str, tunnel.ports))}",
-            "",
-        ]
+    values = callback_section(
+        config,
+        controller=controller,
+        key_path=key_path,
+        known_hosts_path=known_hosts_path,
+        ports=tunnel.ports,
     )
+    return render_conf({"callback": values})
 
 
 def probe_tunnel_port(port: int, *, timeout: float = PROBE_TIMEOUT) -> str | None:

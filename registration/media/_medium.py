@@ -19,23 +19,25 @@ import ipaddress
 import re
 import secrets
 import shlex
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Final
 
 import jinja2
 
 from .._config import Config
-from .._exceptions import AnnouncementError, ConfigError, KeyMaterialError
-from ..protocol import Announcement
-from ..state import Store
+from .._exceptions import AnnouncementError, ConfigError
+from .._nodeconf import callback_section, render_conf
+from .._sshkeys import PublicKey
+from ..protocol import check_cluster, check_name, check_node_id, check_role
 
 __all__ = [
     "CallbackMaterial",
     "Medium",
+    "MediumRequest",
     "NodeSpec",
-    "prepare_medium",
+    "assemble",
+    "callback_material",
+    "check_request",
     "render_script",
     "render_seed",
 ]
@@ -128,9 +130,20 @@ def _check_controller(controller: str) -> str:
     raise ConfigError(f"--controller {controller!r} is neither an IP address nor a host name")
 
 
-def prepare_medium(
+@dataclasses.dataclass(frozen=True, slots=True)
+class MediumRequest:
+    """A validated request for one node's medium (nothing allocated yet)."""
+
+    node: NodeSpec
+    controller: str
+    callback: bool
+    packages: tuple[str, ...]
+    interface: str | None
+    controller_user: str
+
+
+def check_request(
     config: Config,
-    store: Store,
     *,
     role: str,
     cluster: str | None,
@@ -140,15 +153,8 @@ def prepare_medium(
     callback: bool,
     packages: Sequence[str] = (),
     interface: str | None = None,
-) -> Medium:
-    """Validate the request, allocate the tunnel if needed, and gather the content.
-
-    Everything that can be checked is checked before the tunnel is allocated, so a
-    refused request leaves the state store untouched.
-    """
-    from .._admin import keys_show
-    from ..controller import _tunnels
-
+) -> MediumRequest:
+    """Validate everything a medium needs before anything is allocated for it."""
     spec = config.profile.role(role)
     if spec is None:
         raise ConfigError(
@@ -161,21 +167,21 @@ def prepare_medium(
     node_id = node_id or secrets.token_hex(8)
     hostname = hostname or f"{role}-{node_id[:6]}"
     # The same validators as the announcement protocol: what the node will announce.
-    try:
-        Announcement(
-            node_id=node_id,
-            role=role,
-            ip="192.0.2.1",
-            port=22,
-            fingerprint="SHA256:" + "A" * 43,
-            cluster=cluster,
-            name=hostname,
-        )
-    except AnnouncementError as exc:
-        option = _OPTION_OF_FIELD.get(exc.field or "", exc.field or "value")
-        raise ConfigError(
-            f"{option}: {exc.reason} (the node announces it: see docs/protocol.md)"
-        ) from exc
+    for field, check, value in (
+        ("id", check_node_id, node_id),
+        ("role", check_role, role),
+        ("cluster", check_cluster, cluster),
+        ("name", check_name, hostname),
+    ):
+        if value is None:
+            continue
+        try:
+            check(value)
+        except AnnouncementError as exc:
+            option = _OPTION_OF_FIELD.get(field, field)
+            raise ConfigError(
+                f"{option}: {exc.reason} (the node announces it: see docs/protocol.md)"
+            ) from exc
     if interface is not None and not _IFNAME_RE.fullmatch(interface):
         raise ConfigError(f"--interface {interface!r} is not an interface name")
     for package in packages:
@@ -190,85 +196,83 @@ def prepare_medium(
             "--controller only matters for a node that calls back: add --callback, "
             "or drop --controller (the controller reaches this node directly)"
         )
-    controller_key = keys_show(config)  # raises with "autoreg keys init" when missing
-    material: CallbackMaterial | None = None
-    replaced = False
-    if callback:
-        if controller == "auto":
-            raise ConfigError(
-                "a node that calls back needs --controller ADDRESS (the address "
-                "it dials from its network)"
-            )
-        # The pin first: a controller without an sshd host key allocates nothing.
-        try:
-            known_hosts = _tunnels.controller_known_hosts_text(config)
-        except KeyMaterialError as exc:
-            raise KeyMaterialError(
-                f"a node that calls back pins the controller's sshd host key "
-                f"([controller] sshd_host_key): {exc}"
-            ) from exc
-        replaced = store.tunnel(node_id) is not None
-        with tempfile.TemporaryDirectory(prefix="autoreg-media-") as tmp:
-            tunnel, private = _tunnels.add_tunnel(
-                config, store, node_id, public_key=None, generate_into=Path(tmp)
-            )
-            assert private is not None
-            private_key = private.read_text(encoding="ascii")
-        material = CallbackMaterial(
-            key_path=NODE_CALLBACK_KEY,
-            private_key=private_key,
-            known_hosts_path=NODE_CONTROLLER_PIN,
-            known_hosts=known_hosts,
-            ports=tunnel.ports,
-            controller=controller,
+    if callback and controller == "auto":
+        raise ConfigError(
+            "a node that calls back needs --controller ADDRESS (the address "
+            "it dials from its network)"
         )
-    units = (ANNOUNCE_UNIT, CALLBACK_UNIT) if material else (ANNOUNCE_UNIT,)
-    return Medium(
+    return MediumRequest(
         node=NodeSpec(role=role, cluster=cluster, hostname=hostname, node_id=node_id),
-        autoreg_conf=_autoreg_conf(config, role, cluster, node_id, hostname, material),
-        controller_user=user,
-        controller_home="/root" if user == "root" else f"/home/{user}",
-        controller_public_key=controller_key.openssh,
-        callback=material,
-        units=units,
+        controller=controller,
+        callback=callback,
         packages=tuple(packages),
         interface=interface,
-        replaced_callback_key=replaced,
+        controller_user=user,
     )
 
 
-def _autoreg_conf(
+def callback_material(
+    request: MediumRequest, *, private_key: str, known_hosts: str, ports: Sequence[int]
+) -> CallbackMaterial:
+    """What a calling-back node's medium carries: its own key, the pin, its ports."""
+    return CallbackMaterial(
+        key_path=NODE_CALLBACK_KEY,
+        private_key=private_key,
+        known_hosts_path=NODE_CONTROLLER_PIN,
+        known_hosts=known_hosts,
+        ports=tuple(ports),
+        controller=request.controller,
+    )
+
+
+def assemble(
     config: Config,
-    role: str,
-    cluster: str | None,
-    node_id: str,
-    hostname: str,
-    material: CallbackMaterial | None,
-) -> str:
-    lines = [
-        "# autoreg configuration of this node, from its install medium.",
-        "# A drop-in: it overrides /etc/autoreg/autoreg.conf (edit or delete it to change).",
-        "[autoreg]",
-        "transport = auto",
-        "",
-        "[node]",
-        f"role = {role}",
-    ]
-    if cluster:
-        lines.append(f"cluster = {cluster}")
-    lines += [f"id = {node_id}", f"name = {hostname}", ""]
+    request: MediumRequest,
+    *,
+    controller_key: PublicKey,
+    callback: CallbackMaterial | None,
+    replaced_callback_key: bool = False,
+) -> Medium:
+    """The medium's content (pure: the tunnel, if any, is already allocated)."""
+    user = request.controller_user
+    units = (ANNOUNCE_UNIT, CALLBACK_UNIT) if callback else (ANNOUNCE_UNIT,)
+    return Medium(
+        node=request.node,
+        autoreg_conf=_autoreg_conf(config, request.node, callback),
+        controller_user=user,
+        controller_home="/root" if user == "root" else f"/home/{user}",
+        controller_public_key=controller_key.openssh,
+        callback=callback,
+        units=units,
+        packages=request.packages,
+        interface=request.interface,
+        replaced_callback_key=replaced_callback_key,
+    )
+
+
+def _autoreg_conf(config: Config, node: NodeSpec, material: CallbackMaterial | None) -> str:
+    sections: dict[str, dict[str, str]] = {
+        "autoreg": {"transport": "auto"},
+        "node": {"role": node.role},
+    }
+    if node.cluster:
+        sections["node"]["cluster"] = node.cluster
+    sections["node"].update(id=node.node_id, name=node.hostname)
     if material is not None:
-        lines += [
-            "[callback]",
-            f"controller = {material.controller}",
-            f"port = {config.callback.port}",
-            f"user = {config.controller.callback_user}",
-            f"key = {material.key_path}",
-            f"known_hosts = {material.known_hosts_path}",
-            f"listen_ports = {', '.join(map(str, material.ports))}",
-            "",
-        ]
-    return "\n".join(lines)
+        sections["callback"] = callback_section(
+            config,
+            controller=material.controller,
+            key_path=material.key_path,
+            known_hosts_path=material.known_hosts_path,
+            ports=material.ports,
+        )
+    return render_conf(
+        sections,
+        header=(
+            "autoreg configuration of this node, from its install medium.",
+            "A drop-in: it overrides /etc/autoreg/autoreg.conf (edit or delete it to change).",
+        ),
+    )
 
 
 def _heredoc(text: str) -> str:

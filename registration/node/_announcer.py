@@ -54,7 +54,7 @@ class Announcer:
             node_id=ann.node_id,
             probe=self.config.node.probe,
         )
-        await self._transport.async_start()
+        await self._transport.start()
         try:
             await self._publish(ann)
             while not self._stopping.is_set():
@@ -64,23 +64,23 @@ class Announcer:
                     break
                 try:
                     await self._publish(self._snapshot())
-                    if await self._publication.async_maintain():
+                    if await self._publication.maintain():
                         log.info(
                             "re-announced %s after the responder lost it", self._publication.name
                         )
                 except AutoregError as exc:  # e.g. interface lost its address: keep going
                     log.warning("cannot refresh the announcement: %s", exc)
         finally:
-            if await self._publication.async_withdraw():
+            if await self._publication.withdraw():
                 log.info("withdrew %s (goodbye sent)", self._publication.name)
-            await self._transport.async_close()
+            await self._transport.close()
 
     async def _publish(self, ann: Announcement) -> None:
         assert self._publication is not None
         if ann == self._current:
             return
         started = time.monotonic()
-        first = await self._publication.async_set(ip=ann.ip, port=ann.port, txt=encode_node(ann))
+        first = await self._publication.set(ip=ann.ip, port=ann.port, txt=encode_node(ann))
         verb = "announced" if first else "re-announced"
         self._current = ann
         where = f" of cluster {ann.cluster}" if ann.cluster else ""

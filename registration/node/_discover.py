@@ -36,10 +36,10 @@ async def discover_registrars(
     if transport is None:
         transport = await asyncio.to_thread(create_transport, config)
     collector = _Collector()
-    await transport.async_start()
+    await transport.start()
     try:
-        await transport.async_browse(CONTROLLER_SERVICE_TYPE, collector)
+        await transport.browse(CONTROLLER_SERVICE_TYPE, collector)
         await asyncio.sleep(timeout)  # browsing window: answers arrive during it
     finally:
-        await transport.async_close()
+        await transport.close()
     return sorted(collector.found.values(), key=lambda a: (a.role, a.cluster or "", a.node_id))

@@ -29,3 +29,4 @@ __all__ = [
     "encode_registrar",
     "instance_name",
 ]
+

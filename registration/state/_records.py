@@ -4,70 +4,62 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
-import sqlite3
+import secrets
 from typing import TYPE_CHECKING, Any
+
+from ._machine import NodeState
 
 if TYPE_CHECKING:
     from ..protocol import Announcement
 
-__all__ = ["Event", "NodeRecord", "NodeState", "Tunnel"]
+__all__ = ["Event", "NodeRecord", "Source", "Tunnel", "new_generation"]
 
 
-class NodeState(enum.StrEnum):
-    """Where a node stands with this registrar.  See docs/architecture.md."""
+class Source(enum.StrEnum):
+    """Where an announcement came from; presence is tracked per source and instance."""
 
-    SEEN = "seen"  # announced, not decided yet
-    WAITING = "waiting"  # a requirement is not met yet (reason says which)
-    LOCKED = "locked"  # lockdown is on for its role
-    REFUSED = "refused"  # uniqueness: another node holds the slot
-    REJECTED = "rejected"  # spoofed fingerprint, or the hook declined it
-    UNREACHABLE = "unreachable"  # SSH failed; retried with backoff
-    REGISTERING = "registering"  # the hook is running (committed before it starts)
-    FAILED = "failed"  # the hook failed; retried with backoff, then gives up
-    INTERRUPTED = "interrupted"  # the daemon died during the hook: needs a decision
-    REGISTERED = "registered"  # done, exactly once
-
-    @property
-    def is_final(self) -> bool:
-        return self in (NodeState.REGISTERED, NodeState.REJECTED, NodeState.INTERRUPTED)
+    MDNS = "mdns"  # browsed on the LAN; present until its goodbye (or the daemon restarts)
+    MANUAL = "manual"  # `autoreg register`: present until forgotten
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+def new_generation() -> str:
+    """A fresh row identity: a forgotten and re-announced node is another row."""
+    return secrets.token_hex(6)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class NodeRecord:
+    # What the node announced (ingestion owns these columns).
     node_id: str
     role: str
-    cluster: str | None
-    name: str | None
+    cluster: str | None = None
+    name: str | None = None
     ip: str
     port: int
     fingerprint: str
-    key_type: str
-    announced_state: str
-    source: str
-    present: bool
-    state: NodeState
-    reason: str
-    attempts: int
-    next_attempt: float | None
-    path: str | None
-    hook_pid: int | None
-    resumed: bool
-    first_seen: float
-    last_seen: float
-    updated: float
-    registered_at: float | None
+    key_type: str = "ssh-ed25519"
+    announced_state: str = "ready"
+    source: Source = Source.MDNS
+    present: bool = True
+    # What the registrar decided (state changes own these; see _machine.apply_change).
+    state: NodeState = NodeState.SEEN
+    reason: str = ""
+    attempts: int = 0
+    next_attempt: float | None = None
+    path: str | None = None
+    hook_started: bool = False
+    resumed: bool = False
+    registered_at: float | None = None
+    # Bookkeeping.
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+    updated: float = 0.0
+    claim_owner: str | None = None
+    claim_expires: float | None = None
+    generation: str = ""
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> NodeRecord:
-        values = dict(row)
-        values["present"] = bool(values["present"])
-        values["resumed"] = bool(values["resumed"])
-        values["state"] = NodeState(values["state"])
-        return cls(**values)
-
-    @classmethod
-    def new(cls, ann: Announcement, *, source: str, reason: str, now: float) -> NodeRecord:
+    def new(cls, ann: Announcement, *, source: Source, reason: str, now: float) -> NodeRecord:
         """A node seen for the first time (announced, or registered by hand)."""
         return cls(
             node_id=ann.node_id,
@@ -83,25 +75,34 @@ class NodeRecord:
             present=True,
             state=NodeState.SEEN,
             reason=reason,
-            attempts=0,
-            next_attempt=None,
-            path=None,
-            hook_pid=None,
-            resumed=False,
             first_seen=now,
             last_seen=now,
             updated=now,
-            registered_at=None,
+            generation=new_generation(),
         )
 
     @property
     def display_name(self) -> str:
         return self.name or self.node_id
 
+    @property
+    def label(self) -> str:
+        """How events name a node: role, name and id."""
+        return f"{self.role} {self.display_name} ({self.node_id})"
+
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["state"] = self.state.value
+        out["source"] = self.source.value
         return out
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> NodeRecord:
+        known = {f.name for f in dataclasses.fields(cls)}
+        args = {k: v for k, v in values.items() if k in known}
+        args["state"] = NodeState(args["state"])
+        args["source"] = Source(args.get("source", "mdns"))
+        return cls(**args)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -126,15 +127,7 @@ class Event:
     state: str | None
     message: str
     data: dict[str, Any]
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Event:
-        values = dict(row)
-        try:
-            values["data"] = json.loads(values["data"])
-        except ValueError:
-            values["data"] = {"raw": values["data"]}
-        return cls(**values)
+    origin: str = ""  # who wrote it: a registrar's owner id, or an admin's command
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -70,6 +70,33 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX tunnel_ports_node ON tunnel_ports (node_id);
     """,
+    # 3: one state machine: "the hook started" is its own column (it was hook_pid's
+    #    0 marker); claims (owner + lease) on nodes; a row generation for
+    #    compare-and-set; presence per source and announcing instance; the writer of
+    #    each event.
+    """
+    ALTER TABLE nodes ADD COLUMN hook_started INTEGER NOT NULL DEFAULT 0;
+    UPDATE nodes SET hook_started = 1 WHERE hook_pid IS NOT NULL;
+    ALTER TABLE nodes DROP COLUMN hook_pid;
+    ALTER TABLE nodes ADD COLUMN claim_owner TEXT;
+    ALTER TABLE nodes ADD COLUMN claim_expires REAL;
+    ALTER TABLE nodes ADD COLUMN generation TEXT NOT NULL DEFAULT '';
+    UPDATE nodes SET generation = lower(hex(randomblob(6)));
+    CREATE TABLE presence (
+        node_id  TEXT NOT NULL,
+        source   TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        observer TEXT NOT NULL DEFAULT '',
+        expires  REAL,
+        PRIMARY KEY (source, instance, observer)
+    );
+    CREATE INDEX presence_node ON presence (node_id);
+    INSERT INTO presence (node_id, source, instance, observer)
+        SELECT node_id, 'manual', node_id, '' FROM nodes WHERE source = 'manual';
+    ALTER TABLE nodes DROP COLUMN present;
+    ALTER TABLE events ADD COLUMN origin TEXT NOT NULL DEFAULT '';
+    CREATE INDEX nodes_claims ON nodes (claim_owner) WHERE claim_owner IS NOT NULL;
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

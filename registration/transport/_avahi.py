@@ -9,7 +9,7 @@ address belongs to the host's own name).
 
 Only method calls are used (no D-Bus signals, so no GLib main loop): the group's
 state is read after each commit until probing settles, and again on every
-maintenance tick (:meth:`AvahiTransport.async_maintain`), which is how these are
+maintenance tick (:meth:`AvahiTransport.maintain`), which is how these are
 noticed and repaired:
 
 - a **name collision** (another host holds ``<role>-<id>``; seen while probing,
@@ -157,12 +157,12 @@ class AvahiTransport:
 
     # -- lifecycle --------------------------------------------------------------------
 
-    async def async_start(self) -> None:
+    async def start(self) -> None:
         await self._dbus.run(self._start)
 
-    async def async_close(self) -> None:
+    async def close(self) -> None:
         if self._browser is not None:
-            await self._browser.async_close()
+            await self._browser.close()
             self._browser = None
         await self._dbus.run(self._disconnect)
         self._dbus.shutdown()
@@ -233,7 +233,7 @@ class AvahiTransport:
 
     # -- publishing ------------------------------------------------------------------------
 
-    async def async_publish(
+    async def publish(
         self,
         service_type: str,
         instance: str,
@@ -257,17 +257,17 @@ class AvahiTransport:
         await self._dbus.run(self._publish, published)
         return published
 
-    async def async_update(
+    async def update(
         self, published: Published, *, ip: str, port: int, txt: Mapping[str, str]
     ) -> None:
         assert isinstance(published, AvahiPublished)
         await self._dbus.run(self._update, published, ip, port, dict(txt))
 
-    async def async_withdraw(self, published: Published) -> None:
+    async def withdraw(self, published: Published) -> None:
         assert isinstance(published, AvahiPublished)
         await self._dbus.run(self._free, published)
 
-    async def async_maintain(self, published: Published) -> bool:
+    async def maintain(self, published: Published) -> bool:
         """Re-publish when avahi-daemon lost the group (restart, reset, failure, collision)."""
         assert isinstance(published, AvahiPublished)
         return await self._dbus.run(self._repair, published)
@@ -487,11 +487,11 @@ class AvahiTransport:
 
     # -- browsing -------------------------------------------------------------------------
 
-    async def async_browse(self, service_type: str, listener: BrowseListener) -> None:
+    async def browse(self, service_type: str, listener: BrowseListener) -> None:
         if self._browser is None:
             browser = ZeroconfTransport(self._addresses)
             try:
-                await browser.async_start()
+                await browser.start()
             except TransportError as exc:
                 cause = exc.__cause__
                 if isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE:
@@ -501,7 +501,7 @@ class AvahiTransport:
                     ) from exc
                 raise
             self._browser = browser
-        await self._browser.async_browse(service_type, listener)
+        await self._browser.browse(service_type, listener)
 
 
 def _txt_array(txt: Mapping[str, str]) -> Any:

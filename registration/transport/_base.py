@@ -1,7 +1,7 @@
 """The transport interface: publish and browse DNS-SD services.
 
-Implementations: python-zeroconf (embedded) and avahi-daemon over D-Bus.  ``async_*``
-methods run on the event loop only.
+Implementations: python-zeroconf (embedded) and avahi-daemon over D-Bus.  Every
+method is a coroutine and runs on the event loop only.
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ class Transport(Protocol):
     @property
     def name(self) -> str: ...
 
-    async def async_start(self) -> None: ...
+    async def start(self) -> None: ...
 
-    async def async_close(self) -> None: ...
+    async def close(self) -> None: ...
 
-    async def async_publish(
+    async def publish(
         self,
         service_type: str,
         instance: str,
@@ -55,14 +55,14 @@ class Transport(Protocol):
         probe: bool,
     ) -> Published: ...
 
-    async def async_update(
+    async def update(
         self, published: Published, *, ip: str, port: int, txt: Mapping[str, str]
     ) -> None: ...
 
-    async def async_withdraw(self, published: Published) -> None: ...
+    async def withdraw(self, published: Published) -> None: ...
 
-    async def async_maintain(self, published: Published) -> bool:
+    async def maintain(self, published: Published) -> bool:
         """Repair the publication if the responder lost it; True when it re-published."""
         ...
 
-    async def async_browse(self, service_type: str, listener: BrowseListener) -> None: ...
+    async def browse(self, service_type: str, listener: BrowseListener) -> None: ...

@@ -37,7 +37,7 @@ class Publication:
         """The full service name; a transport may have renamed it after a collision."""
         return self._published.name if self._published is not None else self._name
 
-    async def async_set(self, *, ip: str, port: int, txt: Mapping[str, str]) -> bool:
+    async def set(self, *, ip: str, port: int, txt: Mapping[str, str]) -> bool:
         """Publish or update; True when this call published for the first time."""
         async with self._lock:
             return await self._set(ip=ip, port=port, txt=txt)
@@ -45,7 +45,7 @@ class Publication:
     async def _set(self, *, ip: str, port: int, txt: Mapping[str, str]) -> bool:
         if self._published is None:
             self._published = await asyncio.wait_for(
-                self._transport.async_publish(
+                self._transport.publish(
                     self._type,
                     self._instance,
                     host=self._host,
@@ -58,23 +58,23 @@ class Publication:
             )
             return True
         await asyncio.wait_for(
-            self._transport.async_update(self._published, ip=ip, port=port, txt=txt),
+            self._transport.update(self._published, ip=ip, port=port, txt=txt),
             PUBLISH_TIMEOUT,
         )
         return False
 
-    async def async_maintain(self) -> bool:
+    async def maintain(self) -> bool:
         """Let the transport repair a publication its responder lost (e.g. it restarted)."""
         async with self._lock:
             if self._published is None:
                 return False
-            return await self._transport.async_maintain(self._published)
+            return await self._transport.maintain(self._published)
 
-    async def async_withdraw(self) -> bool:
+    async def withdraw(self) -> bool:
         """Send goodbye packets; True when there was something to withdraw."""
         if self._published is None:
             return False
         published, self._published = self._published, None
         self._name = published.name  # what was withdrawn, for the log
-        await self._transport.async_withdraw(published)
+        await self._transport.withdraw(published)
         return True

@@ -5,7 +5,7 @@ records already sit in the cache (common for concurrent resolves on a freshly
 started browser), so every resolve reads the cache first, asks the network,
 reads the cache again, retries with bounded backoff, and a periodic sweep
 re-reads the cache for every name the browser knows.  All methods named
-``async_*`` run on the event loop only.
+coroutine runs on the event loop only.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class ZeroconfTransport:
             raise TransportError("transport is not started")
         return self._aiozc
 
-    async def async_start(self) -> None:
+    async def start(self) -> None:
         kwargs: dict[str, Any] = {"ip_version": IPVersion.V4Only}
         if self._addresses:
             kwargs["interfaces"] = self._addresses
@@ -70,9 +70,9 @@ class ZeroconfTransport:
         except OSError as exc:
             raise TransportError(f"cannot open the mDNS socket: {exc}") from exc
 
-    async def async_close(self) -> None:
+    async def close(self) -> None:
         for browser in self._browsers:
-            await browser.async_cancel()
+            await browser.cancel()
         self._browsers.clear()
         if self._aiozc is not None:
             aiozc, self._aiozc = self._aiozc, None
@@ -80,7 +80,7 @@ class ZeroconfTransport:
 
     # -- publishing --------------------------------------------------------------
 
-    async def async_publish(
+    async def publish(
         self,
         service_type: str,
         instance: str,
@@ -100,7 +100,7 @@ class ZeroconfTransport:
             raise TransportError(f"cannot publish {instance}: {exc}") from exc
         return ZeroconfPublished(name=info.name, info=info)
 
-    async def async_update(
+    async def update(
         self, published: Published, *, ip: str, port: int, txt: Mapping[str, str]
     ) -> None:
         assert isinstance(published, ZeroconfPublished) and published.info is not None
@@ -116,7 +116,7 @@ class ZeroconfTransport:
         published.info = info
         await (await self.zeroconf.async_update_service(info))
 
-    async def async_withdraw(self, published: Published) -> None:
+    async def withdraw(self, published: Published) -> None:
         """Send goodbye packets (TTL 0, RFC 6762 §10.1)."""
         assert isinstance(published, ZeroconfPublished)
         if published.info is None:
@@ -124,13 +124,13 @@ class ZeroconfTransport:
         with contextlib.suppress(Exception):
             await (await self.zeroconf.async_unregister_service(published.info))
 
-    async def async_maintain(self, published: Published) -> bool:
+    async def maintain(self, published: Published) -> bool:
         """Nothing to repair: the embedded responder lives and dies with this process."""
         return False
 
     # -- browsing ----------------------------------------------------------------
 
-    async def async_browse(self, service_type: str, listener: BrowseListener) -> None:
+    async def browse(self, service_type: str, listener: BrowseListener) -> None:
         browser = _Browser(self.zeroconf, service_type, listener)
         self._browsers.append(browser)
         browser.start()
@@ -166,7 +166,7 @@ class _Browser:
         )
         self._sweeper = asyncio.ensure_future(self._sweep())
 
-    async def async_cancel(self) -> None:
+    async def cancel(self) -> None:
         tasks = [t for t in (self._sweeper, *self._resolving.values()) if t is not None]
         for task in tasks:
             task.cancel()

@@ -5,24 +5,35 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-import pytest
-
-from registration.state import GLOBAL_SCOPE, SCHEMA_VERSION, NodeState, Store
+from registration.state import SCHEMA_VERSION, NodeState, Source
 from registration.state._schema import MIGRATIONS
+from support.sync_store import SyncStore
+
+FP = "SHA256:" + "A" * 43
 
 
-def _v1_database(path: Path) -> None:
-    """A store as the first release wrote it: migration 1 only, with data."""
+def _old_database(path: Path, version: int) -> None:
+    """A store as an older release wrote it: migrations up to ``version``, with data."""
     conn = sqlite3.connect(path)
-    conn.executescript(MIGRATIONS[0])
-    conn.execute("PRAGMA user_version = 1")
-    conn.execute(
-        "INSERT INTO nodes (node_id, role, cluster, name, ip, port, fingerprint, key_type, "
-        "announced_state, source, present, state, reason, first_seen, last_seen, updated) "
-        "VALUES ('nc-1', 'nc', 'foo', 'nc1', '198.18.0.5', 22, ?, 'ssh-ed25519', 'registered', "
-        "'mdns', 1, 'registered', 'hook succeeded', 1, 2, 3)",
-        ("SHA256:" + "A" * 43,),
-    )
+    for number in range(version):
+        conn.executescript(MIGRATIONS[number])
+    conn.execute(f"PRAGMA user_version = {version}")
+    rows = [
+        # node_id, source, present, state, hook_pid
+        ("nc-1", "mdns", 1, "registered", None),
+        ("nc-2", "mdns", 1, "registering", 0),  # hook about to start (the old 0 marker)
+        ("nc-3", "mdns", 1, "registering", 4242),  # hook running
+        ("nc-4", "manual", 1, "waiting", None),
+        ("nc-5", "mdns", 0, "registering", None),  # verifying: hook never started
+    ]
+    for node_id, source, present, state, pid in rows:
+        conn.execute(
+            "INSERT INTO nodes (node_id, role, cluster, name, ip, port, fingerprint, key_type, "
+            "announced_state, source, present, state, reason, first_seen, last_seen, updated, "
+            "hook_pid) VALUES (?, 'nc', 'foo', ?, '198.18.0.5', 22, ?, 'ssh-ed25519', 'ready', "
+            "?, ?, ?, 'r', 1, 2, 3, ?)",
+            (node_id, node_id, FP, source, present, state, pid),
+        )
     conn.execute("INSERT INTO lockdown (scope, locked, changed) VALUES ('sc', 1, 5)")
     conn.commit()
     conn.close()
@@ -30,46 +41,41 @@ def _v1_database(path: Path) -> None:
 
 def test_upgrade_from_v1_keeps_nodes_and_lockdown(tmp_path: Path) -> None:
     db = tmp_path / "autoreg.db"
-    _v1_database(db)
-    with Store(db) as store:
-        assert store.schema_version == SCHEMA_VERSION >= 2
+    _old_database(db, 1)
+    with SyncStore(db) as store:
+        assert store.schema_version() == SCHEMA_VERSION >= 3
         rec = store.get("nc-1")
         assert rec is not None and rec.state is NodeState.REGISTERED
         assert store.lockdown() == {"sc": True}
-        # The new tables work on the upgraded store.
         tunnel = store.allocate_tunnel(
             "nc-1", "ssh-ed25519 AAAA", count=2, port_range=(20000, 20010)
         )
         assert tunnel.ports == (20000, 20001)
         kinds = [e.message for e in store.events() if e.kind == "schema"]
-        assert kinds == [f"state schema migrated to version {SCHEMA_VERSION}"]
+        assert kinds == [
+            f"state schema migrated to version {n}" for n in range(2, SCHEMA_VERSION + 1)
+        ]
 
 
-def test_tunnel_ports_never_collide_and_stay_put(tmp_path: Path) -> None:
-    with Store(tmp_path / "autoreg.db") as store:
-        seen: set[int] = set()
-        for i in range(5):
-            ports = store.allocate_tunnel(
-                f"n{i}", f"key{i}", count=2, port_range=(20000, 20009)
-            ).ports
-            assert len(ports) == 2 and not seen & set(ports)
-            seen |= set(ports)
-        # Idempotent: a node keeps its ports, even with a new key.
-        again = store.allocate_tunnel("n2", "newkey", count=2, port_range=(20000, 20009))
-        assert again.ports == (20004, 20005) and again.public_key == "newkey"
-        # Exhausted range: a clear error, nothing half-allocated.
-        from registration import StateError
-
-        with pytest.raises(StateError, match="no free tunnel ports"):
-            store.allocate_tunnel("n9", "k", count=2, port_range=(20000, 20009))
-        assert store.tunnel("n9") is None
-        # Removing frees the ports for the next node.
-        assert store.remove_tunnel("n0")
-        assert store.allocate_tunnel("n9", "k", count=2, port_range=(20000, 20009)).ports == (
-            20000,
-            20001,
-        )
-
-
-def test_lockdown_scope_constant_is_global() -> None:
-    assert GLOBAL_SCOPE == "*"
+def test_upgrade_to_3_splits_the_hook_marker_and_keeps_manual_presence(tmp_path: Path) -> None:
+    db = tmp_path / "autoreg.db"
+    _old_database(db, 2)
+    with SyncStore(db) as store:
+        nodes = {r.node_id: r for r in store.nodes()}
+        # hook_pid None / 0 / pid was a three-way flag: now "did the hook start" is its own
+        assert {n: r.hook_started for n, r in nodes.items()} == {
+            "nc-1": False,
+            "nc-2": True,
+            "nc-3": True,
+            "nc-4": False,
+            "nc-5": False,
+        }
+        # presence is per source now: a manual node stays present, mDNS ones wait for
+        # the browser to see them again (a daemon start clears them anyway)
+        assert nodes["nc-4"].present and nodes["nc-4"].source is Source.MANUAL
+        assert not nodes["nc-1"].present
+        assert len({r.generation for r in nodes.values()}) == 5  # every row its own
+        assert all(r.claim_owner is None for r in nodes.values())
+    with sqlite3.connect(db) as conn:
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(nodes)")}
+    assert not {"hook_pid", "present"} & columns

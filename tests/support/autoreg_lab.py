@@ -9,6 +9,7 @@ only files).  Timing constants are shortened through configuration, not slept.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import subprocess
 import sys
@@ -16,7 +17,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from registration.state import Event, NodeRecord, NodeState, Store
+from registration.state import Event, NodeRecord, NodeState
+
+from .sync_store import SyncStore
 
 from .netlab import Host, Lab, Proc, Sshd
 
@@ -219,12 +222,14 @@ class Station:
         db = self.state_dir / "autoreg.db"
         if not db.exists():
             return None
-        with Store(db, readonly=True) as store:
-            return store.get(node_id)
+        with SyncStore(db, readonly=True) as store:
+            rec: NodeRecord | None = store.get(node_id)
+            return rec
 
     def events(self, node_id: str | None = None) -> list[Event]:
-        with Store(self.state_dir / "autoreg.db", readonly=True) as store:
-            return store.events(node_id=node_id, limit=100000)
+        with SyncStore(self.state_dir / "autoreg.db", readonly=True) as store:
+            events: list[Event] = store.events(node_id=node_id, limit=100000)
+            return events
 
     def wait_state(
         self, node_id: str, *states: NodeState, timeout: float = DEFAULT_TIMEOUT
@@ -344,18 +349,21 @@ class AutoregLab:
         then writes each node's ``[callback]`` section.  Touches files only.
         """
         from registration._config import load_config
-        from registration.controller._tunnels import add_tunnel, controller_known_hosts_text
+        from registration._keyfiles import controller_known_hosts_text
+        from registration.controller import add_tunnel
 
         controller.write_config()
         config = load_config(controller.conf)
         pin = controller_known_hosts_text(config)
         allocated: dict[str, list[int]] = {}
-        with Store(config.db_path) as store:
+        with SyncStore(config.db_path) as sync:
             for node in nodes:
                 keydir = node.host.workdir / "callback-keys"
                 keydir.mkdir(exist_ok=True)
-                tunnel, _ = add_tunnel(
-                    config, store, node.node_id, public_key=None, generate_into=keydir
+                tunnel, _ = asyncio.run(
+                    add_tunnel(
+                        config, sync.store, node.node_id, public_key=None, generate_into=keydir
+                    )
                 )
                 known = node.host.workdir / "controller_known_hosts"
                 known.write_text(pin)

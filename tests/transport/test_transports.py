@@ -91,9 +91,9 @@ def _driver_main() -> None:  # pragma: no cover - runs in a subprocess
                 if op == "start":
                     cls = AvahiTransport if cmd["impl"] == "avahi" else ZeroconfTransport
                     transport = cls(cmd.get("addresses"))
-                    await transport.async_start()
+                    await transport.start()
                 elif op == "publish":
-                    published = await transport.async_publish(
+                    published = await transport.publish(
                         cmd["type"],
                         cmd["instance"],
                         host=cmd["host"],
@@ -104,21 +104,21 @@ def _driver_main() -> None:  # pragma: no cover - runs in a subprocess
                     )
                     reply["name"] = published.name
                 elif op == "update":
-                    await transport.async_update(
+                    await transport.update(
                         published, ip=cmd["ip"], port=cmd["port"], txt=cmd["txt"]
                     )
                     reply["name"] = published.name
                 elif op == "maintain":
-                    reply["result"] = await transport.async_maintain(published)
+                    reply["result"] = await transport.maintain(published)
                     reply["name"] = published.name
                 elif op == "withdraw":
-                    await transport.async_withdraw(published)
+                    await transport.withdraw(published)
                 elif op == "browse":
-                    await transport.async_browse(cmd["type"], Listener())
+                    await transport.browse(cmd["type"], Listener())
                 elif op == "send_answer":
                     _send_answer(**cmd)
                 elif op == "close":
-                    await transport.async_close()
+                    await transport.close()
                     transport = None
                 else:
                     raise ValueError(f"unknown op {op!r}")
@@ -126,7 +126,7 @@ def _driver_main() -> None:  # pragma: no cover - runs in a subprocess
                 reply.update(ok=False, error=f"{type(exc).__name__}: {exc}")
             emit(reply)
         if transport is not None:
-            await transport.async_close()
+            await transport.close()
 
     asyncio.run(main())
 

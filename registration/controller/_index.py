@@ -1,0 +1,145 @@
+"""The daemon's in-memory index of the store: what ``decide()`` reads, and who a change affects.
+
+The store is the authority; the index is rebuilt from it at start and updated
+from every record the daemon writes or the store's change feed reports.  It
+answers the rules' questions (``StateView``) without a store round trip, and
+:meth:`NodeIndex.put` says which nodes a change can affect, so a reconcile pass
+re-decides those and no others: the node itself; the nodes of its role when a
+registration slot was taken or freed; the nodes of the roles that require its
+role when its registration came or went; every node of a role whose lockdown
+switch flipped.  ``decide()`` is a pure function of this state, so deciding
+only the affected nodes ends in the same states as deciding all of them
+(``tests/controller/test_index.py`` checks that on random event sequences).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+
+from .._profile import Profile
+from ..state import GLOBAL_SCOPE, NodeRecord, NodeState
+
+__all__ = ["NodeIndex"]
+
+
+class NodeIndex:
+    """Every node this registrar knows, by id and by role, plus the lockdown switches."""
+
+    def __init__(self, profile: Profile) -> None:
+        self._profile = profile
+        self._nodes: dict[str, NodeRecord] = {}
+        self._by_role: dict[str, set[str]] = defaultdict(set)
+        self._lockdown: dict[str, bool] = {}
+        # role -> the roles whose nodes wait for it ("sc requires cc": cc -> {sc})
+        self._dependents: dict[str, set[str]] = defaultdict(set)
+        for spec in profile.roles.values():
+            for required in spec.requires:
+                self._dependents[required].add(spec.name)
+
+    # -- contents -------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __iter__(self) -> Iterator[NodeRecord]:
+        return iter(list(self._nodes.values()))
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._nodes
+
+    def get(self, node_id: str) -> NodeRecord | None:
+        return self._nodes.get(node_id)
+
+    def ids(self) -> set[str]:
+        return set(self._nodes)
+
+    def put(self, rec: NodeRecord) -> set[str]:
+        """Add or replace ``rec``; the ids of the nodes the change may affect."""
+        old = self._nodes.get(rec.node_id)
+        if old is not None and old.role != rec.role:
+            self._by_role[old.role].discard(rec.node_id)
+        self._nodes[rec.node_id] = rec
+        self._by_role[rec.role].add(rec.node_id)
+        return self._affected(old, rec)
+
+    def remove(self, node_id: str) -> set[str]:
+        old = self._nodes.pop(node_id, None)
+        if old is None:
+            return set()
+        self._by_role[old.role].discard(node_id)
+        return self._affected(old, None) - {node_id}
+
+    def replace_all(self, records: Iterable[NodeRecord]) -> set[str]:
+        self._nodes.clear()
+        self._by_role.clear()
+        for rec in records:
+            self._nodes[rec.node_id] = rec
+            self._by_role[rec.role].add(rec.node_id)
+        return set(self._nodes)
+
+    def _affected(self, old: NodeRecord | None, new: NodeRecord | None) -> set[str]:
+        out = {new.node_id} if new is not None else set()
+        both = [r for r in (old, new) if r is not None]
+        if _slot(old) != _slot(new):  # a slot was taken or freed: uniqueness may flip
+            for rec in both:
+                out |= self._by_role.get(rec.role, set())
+        if _registered(old) != _registered(new):  # requirements may be met, or not any more
+            for rec in both:
+                for dependent in self._dependents.get(rec.role, ()):
+                    out |= self._by_role.get(dependent, set())
+        return out
+
+    # -- lockdown --------------------------------------------------------------------------
+
+    def set_lockdown(self, switches: Mapping[str, bool]) -> set[str]:
+        """Replace the switches; the nodes of every role whose switch changed."""
+        old, self._lockdown = self._lockdown, dict(switches)
+        changed = {
+            scope
+            for scope in set(old) | set(switches)
+            if old.get(scope, False) != switches.get(scope, False)
+        }
+        if GLOBAL_SCOPE in changed:
+            return set(self._nodes)
+        out: set[str] = set()
+        for role in changed:
+            out |= self._by_role.get(role, set())
+        return out
+
+    @property
+    def lockdown(self) -> Mapping[str, bool]:
+        return self._lockdown
+
+    # -- StateView ----------------------------------------------------------------------
+
+    def slot_holder(self, role: str, cluster: str | None, *, exclude: str) -> NodeRecord | None:
+        for node_id in self._by_role.get(role, ()):
+            rec = self._nodes[node_id]
+            if (
+                node_id != exclude
+                and rec.state.holds_slot
+                and (cluster is None or rec.cluster == cluster)
+            ):
+                return rec
+        return None
+
+    def has_registered(self, role: str, cluster: str | None) -> bool:
+        return any(
+            self._nodes[i].state is NodeState.REGISTERED
+            and (cluster is None or self._nodes[i].cluster == cluster)
+            for i in self._by_role.get(role, ())
+        )
+
+    def is_locked(self, role: str) -> bool:
+        return self._lockdown.get(GLOBAL_SCOPE, False) or self._lockdown.get(role, False)
+
+
+def _slot(rec: NodeRecord | None) -> tuple[str, str | None] | None:
+    return (rec.role, rec.cluster) if rec is not None and rec.state.holds_slot else None
+
+
+def _registered(rec: NodeRecord | None) -> tuple[str, str | None] | None:
+    if rec is not None and rec.state is NodeState.REGISTERED:
+        return (rec.role, rec.cluster)
+    return None

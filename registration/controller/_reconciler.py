@@ -1,0 +1,354 @@
+"""The decision loop: re-decide the nodes a change affects, start registrations, arm timers.
+
+Every input (an announcement, a goodbye, a finished registration, a retry timer,
+a change another process committed, this registrar's own registration) updates
+the in-memory index and marks the nodes it can affect *dirty*; one pass then
+calls the pure ``decide()`` for each of them and applies the result by
+compare-and-set.  Decisions are taken from state, never from the order of
+events, so a node that must wait ("SC waits for its CC") is registered as soon
+as its requirement is met, whatever order things happened in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from .._clock import Clock, TimerHandle
+from .._exceptions import AutoregError
+from ..state import Change, LostRace, NodeRecord, NodeState, Source, StateStore
+from ._index import NodeIndex
+from ._registration import Registrations
+from ._rules import Registrar, decide
+
+__all__ = ["RECEIPT_RESEND_INTERVAL", "Reconciler"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds before a registered node that still announces ``ready`` gets its
+#: receipt again (it may have missed it, or been reinstalled with the same key).
+RECEIPT_RESEND_INTERVAL: Final = 30.0
+#: Backoff after a pass that failed (the store is unreachable, say): first, cap.
+PASS_RETRY_INITIAL: Final = 0.5
+PASS_RETRY_MAX: Final = 30.0
+_WARN_STATES: Final = frozenset({NodeState.REJECTED, NodeState.FAILED, NodeState.UNREACHABLE})
+
+
+class Reconciler:
+    """The index, the dirty set, the timers and the registrations in flight."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        registrar: Callable[[], Registrar],
+        owner: str,
+        clock: Clock,
+        max_parallel: int,
+        after_pass: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._store = store
+        self._registrar = registrar
+        self._owner = owner
+        self._clock = clock
+        self._after_pass = after_pass
+        self.index = NodeIndex(registrar().profile)
+        self.registrations: Registrations | None = None
+        #: One bounded pool for all SSH work: registrations and receipt re-deliveries.
+        self.slots = asyncio.Semaphore(max_parallel)
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._timers: dict[str, tuple[float, TimerHandle]] = {}
+        self._receipt_sent: dict[str, float] = {}
+        self._failures = 0
+
+    # -- inputs ------------------------------------------------------------------------
+
+    def apply(self, rec: NodeRecord) -> None:
+        """A record as the store now has it: index it, mark whom it affects."""
+        self._mark(self.index.put(rec))
+
+    def remove(self, node_id: str) -> None:
+        self._mark(self.index.remove(node_id))
+        self._cancel_timer(node_id)
+        self._receipt_sent.pop(node_id, None)
+
+    def set_lockdown(self, switches: dict[str, bool]) -> None:
+        self._mark(self.index.set_lockdown(switches))
+
+    def mark_all(self) -> None:
+        self._mark(self.index.ids())
+
+    def _mark(self, ids: set[str]) -> None:
+        if ids:
+            self._dirty |= ids
+            self._wake.set()
+
+    async def reload(self, node_id: str) -> None:
+        """Re-read one node from the store (another process changed it)."""
+        rec = await self._store.get(node_id)
+        if rec is None:
+            self.remove(node_id)
+        else:
+            self.apply(rec)
+
+    async def load(self) -> None:
+        """Rebuild the index from the store (at start)."""
+        self._mark(self.index.replace_all(await self._store.nodes()))
+        self.set_lockdown(await self._store.lockdown())
+
+    # -- state changes -----------------------------------------------------------------
+
+    async def change(self, rec: NodeRecord, change: Change) -> NodeRecord | None:
+        """Apply one compare-and-set change; a lost race is logged and dropped."""
+        message = change.event_message(rec)
+        try:
+            fresh = await self._store.change(rec.node_id, change)
+        except LostRace as exc:
+            log.info("%s: not applied (%s): %s", rec.node_id, change.to.value, exc)
+            await self.reload(rec.node_id)
+            return None
+        level = logging.WARNING if change.to in _WARN_STATES else logging.INFO
+        log.log(level, "%s", message)
+        self.apply(fresh)
+        return fresh
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._dirty = self._dirty, set()
+            try:
+                await self._pass(batch)
+            except Exception as exc:  # the daemon keeps serving whatever one pass hits
+                self._dirty |= batch
+                self._failures += 1
+                delay = min(PASS_RETRY_MAX, PASS_RETRY_INITIAL * 2 ** (self._failures - 1))
+                if self._failures == 1:
+                    log.exception("reconcile pass failed; retrying in %.1fs", delay)
+                else:
+                    log.warning(
+                        "reconcile pass failed again (%d in a row): %s; retrying in %.1fs",
+                        self._failures,
+                        exc,
+                        delay,
+                    )
+                self._clock.call_later(delay, self._wake.set)
+            else:
+                if self._failures:
+                    log.info("reconcile pass succeeded again after %d failures", self._failures)
+                self._failures = 0
+
+    async def _pass(self, batch: set[str]) -> None:
+        me = self._registrar()
+        now = self._clock.time()
+        for node_id in sorted(batch):
+            rec = self.index.get(node_id)
+            if rec is None or node_id in self._in_flight:
+                continue  # gone, or its registration marks it dirty again when it ends
+            if rec.state is NodeState.REGISTERED:
+                self._maybe_resend_receipt(rec, now)
+                continue
+            if not rec.state.decidable or not rec.present:
+                continue
+            if rec.state.retryable:
+                if rec.next_attempt is None:
+                    continue  # gave up: waits for new data or `autoreg retry`
+                if rec.next_attempt > now:
+                    self._arm(node_id, rec.next_attempt)
+                    continue
+            decision = decide(rec, me, self.index)
+            if decision.state is NodeState.REGISTERING:
+                fresh = await self.change(
+                    rec,
+                    Change(
+                        expect=rec.state,
+                        to=NodeState.REGISTERING,
+                        reason="verifying over SSH",
+                        kind="registering",
+                        generation=rec.generation,
+                        owner=self._owner,
+                        exclusive=decision.exclusive,
+                        fields={"hook_started": False},
+                    ),
+                )
+                if fresh is not None:
+                    self._start(fresh)
+            elif decision.state is not None and (decision.state, decision.reason) != (
+                rec.state,
+                rec.reason,
+            ):
+                await self.change(
+                    rec,
+                    Change(
+                        expect=rec.state,
+                        to=decision.state,
+                        reason=decision.reason,
+                        kind=decision.state.value,
+                        generation=rec.generation,
+                    ),
+                )
+        if self._after_pass is not None:
+            await self._after_pass()
+
+    # -- registrations -------------------------------------------------------------------
+
+    def _start(self, rec: NodeRecord) -> None:
+        async def job() -> None:
+            assert self.registrations is not None
+            try:
+                async with self.slots:
+                    done = await self.registrations.register(rec)
+                if done is not None and done.state is NodeState.REGISTERED:
+                    # The receipt just went out; give the node time to re-announce.
+                    self._receipt_sent[rec.node_id] = self._clock.time()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("registration of %s crashed", rec.node_id)
+                current = self.index.get(rec.node_id) or rec
+                if current.state is NodeState.REGISTERING:
+                    await self.change(
+                        current,
+                        Change(
+                            expect=NodeState.REGISTERING,
+                            to=NodeState.FAILED,
+                            reason=f"internal error: {exc!r}; `autoreg retry {rec.node_id}`",
+                            kind="error",
+                            generation=current.generation,
+                            owner=self._owner,
+                            fields={"next_attempt": None},
+                        ),
+                    )
+            finally:
+                self._in_flight.pop(rec.node_id, None)
+                self._mark({rec.node_id})
+
+        self._in_flight[rec.node_id] = asyncio.ensure_future(job())
+
+    def _maybe_resend_receipt(self, rec: NodeRecord, now: float) -> None:
+        if not rec.present or rec.source is not Source.MDNS or rec.announced_state != "ready":
+            return
+        due = self._receipt_sent.get(rec.node_id, 0.0) + RECEIPT_RESEND_INTERVAL
+        if now < due:
+            self._arm(rec.node_id, due)
+            return
+        self._receipt_sent[rec.node_id] = now
+
+        async def job() -> None:
+            assert self.registrations is not None
+            try:
+                async with self.slots:
+                    error = await self.registrations.redeliver_receipt(rec)
+                log.info(
+                    "%s: registered but announces ready: receipt %s",
+                    rec.node_id,
+                    f"not delivered ({error})" if error else "delivered again",
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("re-delivering the receipt of %s crashed", rec.node_id)
+            finally:
+                self._in_flight.pop(rec.node_id, None)
+                self._mark({rec.node_id})
+
+        self._in_flight[rec.node_id] = asyncio.ensure_future(job())
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    # -- timers --------------------------------------------------------------------------
+
+    def _arm(self, node_id: str, at: float) -> None:
+        """Re-decide ``node_id`` at ``at`` (an earlier timer already armed is kept)."""
+        current = self._timers.get(node_id)
+        if current is not None and current[0] <= at:
+            return
+        self._cancel_timer(node_id)
+
+        def fire() -> None:
+            self._timers.pop(node_id, None)
+            self._mark({node_id})
+
+        self._timers[node_id] = (at, self._clock.call_later(at - self._clock.time(), fire))
+
+    def _cancel_timer(self, node_id: str) -> None:
+        old = self._timers.pop(node_id, None)
+        if old is not None:
+            old[1].cancel()
+
+    # -- stopping ------------------------------------------------------------------------
+
+    async def drain(self, grace: float) -> list[NodeRecord]:
+        """Stop: interrupt hooks, wait ``grace`` for registrations to record their outcome,
+        cancel the rest.  Returns the nodes whose hook was interrupted."""
+        for _, handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        working = set(self._in_flight)
+        tasks = list(self._in_flight.values())
+        if self.registrations is not None:
+            self.registrations.interrupt()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        interrupted = []
+        for node_id in sorted(working):
+            rec = self.index.get(node_id)
+            if rec is None:
+                continue
+            if rec.state is NodeState.REGISTERING and rec.claim_owner == self._owner:
+                rec = await self._stopped(rec) or rec
+            if rec.state is NodeState.INTERRUPTED:
+                interrupted.append(rec)
+        return interrupted
+
+    async def _stopped(self, rec: NodeRecord) -> NodeRecord | None:
+        """A registration cut short by the stop: before its hook it starts over next
+        time; during its hook it is interrupted (the admin decides)."""
+        if rec.hook_started:
+            to, kind = NodeState.INTERRUPTED, "interrupted"
+            reason = (
+                "the daemon stopped while the hook ran, so it may or may not have "
+                f"registered the node; check it, then `autoreg retry {rec.node_id}` "
+                f"(re-runs the hook with AUTOREG_RESUMED=1) or `autoreg forget {rec.node_id}`"
+            )
+        else:
+            to, kind = NodeState.SEEN, "recovered"
+            reason = "the daemon stopped before the hook ran; starting over"
+        with contextlib.suppress(AutoregError):
+            return await self.change(
+                rec,
+                Change(
+                    expect=NodeState.REGISTERING,
+                    to=to,
+                    reason=reason,
+                    kind=kind,
+                    generation=rec.generation,
+                    owner=self._owner,
+                ),
+            )
+        return None
+
+    def timers_armed(self) -> dict[str, float]:
+        """When each armed timer fires (for status and tests)."""
+        return {node_id: at for node_id, (at, _) in self._timers.items()}
+
+    def debug_state(self) -> dict[str, Any]:
+        return {
+            "dirty": sorted(self._dirty),
+            "in_flight": sorted(self._in_flight),
+            "timers": self.timers_armed(),
+        }

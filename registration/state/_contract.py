@@ -1,0 +1,169 @@
+"""The state store contract: what the daemon, the CLI and the library need from a store.
+
+Every method is a coroutine; an implementation runs its blocking I/O on its own
+bounded executor, so callers simply ``await store.get(node_id)``.  sqlite
+(``_sqlite.SqliteStore``) is the embedded default; ``tests/state/test_contract.py``
+runs the same assertions against every implementation.
+
+Claims
+    A registrar works on a node only while it holds the node's claim: moving a
+    node into a claimed state (``registering``) takes the claim for ``owner`` with
+    a lease, in the same compare-and-set as the state change (and, with
+    ``Change.exclusive``, the uniqueness check); leaving that state releases it.
+    :meth:`StateStore.renew_claims` extends an owner's leases.  A claim whose lease
+    expired, or whose owner the store knows to be gone, may be taken over: that is
+    crash recovery (:meth:`StateStore.reclaimable`).
+
+Change notification
+    :meth:`StateStore.watch` yields the events committed after a sequence number,
+    by whichever process wrote them (each event names its ``origin``).  Every
+    change another process makes (lockdown, retry, forget, a manual registration,
+    another registrar's result) is such an event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol
+
+from ._ingest import Absorbed
+from ._machine import Change
+from ._records import Event, NodeRecord, Source, Tunnel
+
+__all__ = ["GLOBAL_SCOPE", "StateStore"]
+
+#: The lockdown scope that covers every role.
+GLOBAL_SCOPE = "*"
+
+
+class StateStore(Protocol):
+    """A registrar's state: nodes and their claims, presence, lockdown, events, tunnels."""
+
+    @property
+    def backend(self) -> str:
+        """``sqlite`` (or the name of another implementation)."""
+        ...
+
+    @property
+    def location(self) -> str:
+        """Where the state lives (a path, or endpoints), for messages."""
+        ...
+
+    @property
+    def origin(self) -> str:
+        """Who writes through this handle (recorded with every event)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> StateStore: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def schema_version(self) -> int: ...
+
+    # -- nodes -------------------------------------------------------------------------
+
+    async def get(self, node_id: str) -> NodeRecord | None: ...
+
+    async def find(self, ref: str) -> NodeRecord:
+        """A node by id, unique id prefix, name or address; NodeNotFound otherwise."""
+        ...
+
+    async def nodes(self) -> list[NodeRecord]: ...
+
+    async def ingest(
+        self,
+        ann: Any,
+        *,
+        source: Source,
+        instance: str,
+        observer: str = "",
+        lease: float | None = None,
+    ) -> Absorbed:
+        """Take in one announcement (see ``_ingest.absorb``) and mark it present.
+
+        Presence is per (source, instance, observer); ``lease`` seconds (None: until
+        withdrawn) bound it for sources that send no goodbye.
+        """
+        ...
+
+    async def withdraw(
+        self, *, source: Source, instance: str, observer: str = ""
+    ) -> NodeRecord | None:
+        """One instance said goodbye; the node's record when that made it absent."""
+        ...
+
+    async def clear_presence(self, *, source: Source, observer: str) -> None:
+        """Forget what ``observer`` saw from ``source`` (it starts browsing anew)."""
+        ...
+
+    async def change(self, node_id: str, change: Change) -> NodeRecord:
+        """Compare-and-set one state change (``_machine.apply_change``) with its event.
+
+        Raises ``LostRace`` when the node changed or vanished since it was read,
+        ``IllegalTransition`` for a change the state table does not allow.
+        """
+        ...
+
+    async def note_path(self, node_id: str, path: str) -> NodeRecord | None:
+        """Record the SSH path that reached the node (with an event when it changed)."""
+        ...
+
+    async def forget(self, node_id: str, *, message: str) -> NodeRecord | None:
+        """Delete a node (and its presence); the record it had, None if there was none."""
+        ...
+
+    # -- claims ----------------------------------------------------------------------
+
+    async def lock_registrar(self, owner: str) -> None:
+        """Become the registrar of this store, or ``AlreadyRunning`` (sqlite: one daemon)."""
+        ...
+
+    async def renew_claims(self, owner: str, lease: float) -> int:
+        """Extend every claim ``owner`` holds to now + ``lease``; how many it holds."""
+        ...
+
+    async def reclaimable(self, owner: str) -> list[NodeRecord]:
+        """Claimed nodes whose claim ``owner`` may take over: expired, or its owner gone."""
+        ...
+
+    # -- lockdown --------------------------------------------------------------------
+
+    async def lockdown(self) -> dict[str, bool]: ...
+
+    async def set_lockdown(self, scope: str, locked: bool, *, reason: str = "") -> None: ...
+
+    # -- events ----------------------------------------------------------------------
+
+    async def add_event(
+        self,
+        node_id: str | None,
+        kind: str,
+        message: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        state: str | None = None,
+    ) -> None: ...
+
+    async def events(
+        self, *, after: int = 0, node_id: str | None = None, limit: int = 1000
+    ) -> list[Event]: ...
+
+    async def last_events(self, count: int, *, node_id: str | None = None) -> list[Event]: ...
+
+    def watch(self, *, after: int) -> AsyncIterator[list[Event]]:
+        """Batches of events committed after ``after``, as they come, forever."""
+        ...
+
+    # -- tunnels ---------------------------------------------------------------------
+
+    async def allocate_tunnel(
+        self, node_id: str, public_key: str, *, count: int, port_range: tuple[int, int]
+    ) -> Tunnel: ...
+
+    async def tunnel(self, node_id: str) -> Tunnel | None: ...
+
+    async def tunnels(self) -> list[Tunnel]: ...
+
+    async def remove_tunnel(self, node_id: str) -> bool: ...
