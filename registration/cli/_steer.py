@@ -6,6 +6,7 @@ import click
 
 from .. import _admin
 from .._exceptions import AnnouncementError, AutoregError
+from .._text import escape_controls
 from ..protocol import Announcement
 from ..state import NodeState
 from . import _Ctx, _errors, cli, pass_ctx
@@ -104,7 +105,7 @@ def register(
         current = _admin.wait_settled(config, rec.node_id, timeout=wait)
         state = current.state.value if current else "forgotten"
         reason = current.reason if current else ""
-        click.echo(f"{rec.node_id}: {state}: {reason}")
+        click.echo(f"{rec.node_id}: {state}: {escape_controls(reason)}")
         if current is None or current.state is not NodeState.REGISTERED:
             raise AutoregError(f"{rec.node_id} is not registered ({state})")
 
