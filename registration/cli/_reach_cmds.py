@@ -11,8 +11,9 @@ from pathlib import Path
 import click
 
 from .. import _admin, _remote
-from .._exceptions import AutoregError
+from .._exceptions import AnnouncementError, AutoregError
 from ..controller import _tunnels
+from ..protocol import check_node_id
 from . import _Ctx, _errors, _run_service, cli, pass_ctx
 from ._output import emit_json, format_table
 
@@ -39,8 +40,16 @@ def tunnel() -> None:
     """Reverse tunnels from nodes the controller cannot reach (controller side)."""
 
 
+def _node_id_argument(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """NODE_ID as the protocol defines it: it names files and goes into authorized_keys."""
+    try:
+        return check_node_id(value)
+    except AnnouncementError as exc:
+        raise click.BadParameter(exc.reason, ctx=ctx, param=param) from exc
+
+
 @tunnel.command("add")
-@click.argument("node_id")
+@click.argument("node_id", callback=_node_id_argument)
 @click.option(
     "--public-key",
     "public_key_file",
