@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from ._exceptions import AutoregError, ConfigError
+from ._exceptions import AnnouncementError, ConfigError
 from ._profile import ROLE_SECTION_PREFIX, Profile, load_profile
 
 __all__ = [
@@ -415,7 +415,7 @@ def _build(
 
 
 def _proxies(sections: Mapping[str, Mapping[str, str]], where: str) -> dict[str, ProxyConfig]:
-    from .protocol import Announcement  # the codec's validators, for the fingerprint
+    from .protocol import check_fingerprint, check_key_type  # the codec's own validators
 
     out: dict[str, ProxyConfig] = {}
     for section, values in sections.items():
@@ -431,29 +431,30 @@ def _proxies(sections: Mapping[str, Mapping[str, str]], where: str) -> dict[str,
         if not values.get("proxy", "").strip():
             raise ConfigError("proxy = HOST is required", source=source)
         try:
-            proxy = ProxyConfig(
-                cluster=cluster,
-                host=values["proxy"].strip(),
-                port=_port(values.get("proxy_port", "22")),
-                user=values.get("proxy_user", "root").strip(),
-                fingerprint=values.get("proxy_fingerprint", "").strip(),
-                key_type=values.get("proxy_key_type", "ssh-ed25519").strip(),
-            )
-            # The proxy's host key is pinned exactly like a node's announced one.
-            Announcement(
-                node_id="proxy",
-                role="proxy",
-                ip="127.0.0.1",
-                port=proxy.port,
-                fingerprint=proxy.fingerprint,
-                key_type=proxy.key_type,
-            )
-        except (ValueError, AutoregError) as exc:
+            port = _port(values.get("proxy_port", "22"))
+        except ValueError as exc:
+            raise ConfigError(f"proxy_port: {exc}", source=source) from exc
+        proxy = ProxyConfig(
+            cluster=cluster,
+            host=values["proxy"].strip(),
+            port=port,
+            user=values.get("proxy_user", "root").strip(),
+            fingerprint=values.get("proxy_fingerprint", "").strip(),
+            key_type=values.get("proxy_key_type", "ssh-ed25519").strip(),
+        )
+        # The proxy's host key is pinned exactly like a node's announced one.
+        try:
+            check_fingerprint(proxy.fingerprint)
+        except AnnouncementError as exc:
             raise ConfigError(
-                f"{exc} (proxy_fingerprint is required: the proxy's host key, "
+                f"proxy_fingerprint: {exc.reason} (it is required: the proxy's host key, "
                 "as `ssh-keygen -lf` prints it)",
                 source=source,
             ) from exc
+        try:
+            check_key_type(proxy.key_type)
+        except AnnouncementError as exc:
+            raise ConfigError(f"proxy_key_type: {exc.reason}", source=source) from exc
         out[cluster] = proxy
     return out
 

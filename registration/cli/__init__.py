@@ -23,8 +23,16 @@ import click
 from .. import _admin
 from .._config import Config, load_config
 from .._exceptions import AutoregError
+from .._text import escape_controls
 from .._version import __version__
-from ._output import emit_json, format_event, format_node_detail, format_table, node_rows
+from ._output import (
+    emit_json,
+    format_event,
+    format_node_detail,
+    format_table,
+    json_line,
+    node_rows,
+)
 
 __all__ = ["main"]
 
@@ -56,7 +64,8 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except AutoregError as exc:
-        click.echo(f"autoreg: error: {exc}", err=True)
+        # an error may quote what a peer sent (an SSH banner, a TXT value)
+        click.echo(f"autoreg: error: {escape_controls(str(exc), multiline=True)}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -309,10 +318,9 @@ def events(
     obj: _Ctx, follow: bool, as_json: bool, node: str | None, count: int, timeout: float | None
 ) -> None:
     """Print the event log (every decision, with its reason)."""
-    import json
 
     def out(event: Any) -> None:
-        click.echo(json.dumps(event.to_json(), default=str) if as_json else format_event(event))
+        click.echo(json_line(event.to_json()) if as_json else format_event(event))
 
     async def follow_events(config: Config) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout

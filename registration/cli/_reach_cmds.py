@@ -11,7 +11,8 @@ from typing import Any
 import click
 
 from .. import _admin, _keyfiles, _remote, controller
-from .._exceptions import AutoregError
+from .._exceptions import AnnouncementError, AutoregError
+from ..protocol import check_node_id
 from . import _Ctx, _errors, _run_service, cli, pass_ctx, run
 from ._output import emit_json, format_table
 
@@ -38,8 +39,16 @@ def tunnel() -> None:
     """Reverse tunnels from nodes the controller cannot reach (controller side)."""
 
 
+def _node_id_argument(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """NODE_ID as the protocol defines it: it names files and goes into authorized_keys."""
+    try:
+        return check_node_id(value)
+    except AnnouncementError as exc:
+        raise click.BadParameter(exc.reason, ctx=ctx, param=param) from exc
+
+
 @tunnel.command("add")
-@click.argument("node_id")
+@click.argument("node_id", callback=_node_id_argument)
 @click.option(
     "--public-key",
     "public_key_file",

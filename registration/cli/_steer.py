@@ -8,6 +8,7 @@ import click
 
 from .. import _admin, _keyfiles
 from .._exceptions import AnnouncementError, AutoregError
+from .._text import escape_controls
 from ..protocol import Announcement
 from ..state import NodeRecord, NodeState, StateStore
 from . import _Ctx, _errors, cli, pass_ctx, run
@@ -129,7 +130,7 @@ def register(
             return
         state = current.state.value if current else "forgotten"
         reason = current.reason if current else ""
-        click.echo(f"{rec.node_id}: {state}: {reason}")
+        click.echo(f"{rec.node_id}: {state}: {escape_controls(reason)}")
         if current is None or current.state is not NodeState.REGISTERED:
             raise AutoregError(f"{rec.node_id} is not registered ({state})")
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Final
 
 from .._exceptions import HookError
+from .._text import escape_controls
 
 __all__ = ["EXIT_DECLINED", "HookResult", "find_hook", "run_hook", "sanitize_output"]
 
@@ -189,13 +190,9 @@ async def _terminate_group(proc: asyncio.subprocess.Process) -> None:
 
 
 def sanitize_output(data: bytes) -> str:
-    """Decode hook output for logs: invalid UTF-8 replaced, control characters escaped."""
-    text = data.decode("utf-8", errors="replace")
-    return "".join(
-        ch
-        if ch in "\n\t" or ch.isprintable()
-        else f"\\x{ord(ch):02x}"
-        if ord(ch) < 256
-        else f"\\u{ord(ch):04x}"
-        for ch in text
-    )
+    """Decode hook output for logs: invalid UTF-8 replaced, control characters escaped.
+
+    Newlines and tabs are kept; everything else that could steer a terminal is
+    escaped by the one rule every outside text follows (:func:`escape_controls`).
+    """
+    return escape_controls(data.decode("utf-8", errors="replace"), multiline=True)

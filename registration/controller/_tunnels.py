@@ -16,21 +16,26 @@ the returning node simply binds its next port, at once.
 
 from __future__ import annotations
 
+import base64
+import re
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
 from .._config import Config
-from .._exceptions import ConfigError
+from .._exceptions import AnnouncementError, ConfigError, KeyMaterialError
 from .._files import write_atomic
 from .._keyfiles import CONTROLLER_HOST_ALIAS, controller_known_hosts_text
 from .._nodeconf import callback_section, render_conf
-from .._sshkeys import generate_ed25519, parse_public_key
+from .._sshkeys import PublicKey, generate_ed25519, parse_public_key
+from ..protocol import check_node_id
 from ..state import StateStore, Tunnel
 
 __all__ = [
     "CONTROLLER_HOST_ALIAS",
     "add_tunnel",
+    "authorized_key_line",
     "authorized_keys_text",
     "callback_config_text",
     "controller_known_hosts_text",
@@ -44,18 +49,56 @@ __all__ = [
 PROBE_TIMEOUT: Final = 2.0
 
 
+#: An SSH key type name (ssh-ed25519, ecdsa-sha2-nistp256, sk-ssh-ed25519@openssh.com).
+_KEY_TYPE_RE: Final = re.compile(r"[a-z0-9][a-z0-9@.-]{0,63}")
+
+
+def authorized_key_line(node_id: str, ports: Sequence[int], key: PublicKey) -> str:
+    """The one authorized_keys line for a node's callback key: a single line, always.
+
+    Built only from checked parts: a valid node id, port numbers, and the key's
+    type and blob (re-encoded here; the key's own comment and anything else on
+    its line are dropped).  The options are exactly ``restrict``,
+    ``port-forwarding``, one ``permitlisten`` per port, and ``command``.
+    Raises ValueError if a part does not pass, rather than write a line that
+    could carry a newline, a control character or options of its own.
+    """
+    try:
+        check_node_id(node_id)
+    except AnnouncementError as exc:
+        raise ValueError(f"node {exc}") from exc
+    if not ports:
+        raise ValueError("no ports to listen on")
+    for port in ports:
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"invalid port {port!r}: must be 1-65535")
+    if not isinstance(key.key_type, str) or not _KEY_TYPE_RE.fullmatch(key.key_type):
+        raise ValueError(f"invalid key type {key.key_type!a}")
+    if not key.blob:
+        raise ValueError("empty public key")
+    blob = base64.b64encode(key.blob).decode("ascii")
+    listen = ",".join(f'permitlisten="127.0.0.1:{port}"' for port in ports)
+    line = (
+        f'restrict,port-forwarding,{listen},command="/bin/false" '
+        f"{key.key_type} {blob} autoreg-callback:{node_id}"
+    )
+    if not (line.isascii() and line.isprintable()):  # the invariant, whatever changes above
+        raise ValueError("the authorized_keys line would hold a control character")
+    return line
+
+
 def authorized_keys_text(tunnels: list[Tunnel]) -> str:
     lines = [
         "# Managed by autoreg (autoreg tunnel add/remove): one line per node.",
         "# Each key may only listen on its node's own ports on the loopback.",
     ]
     for tunnel in tunnels:
-        key = parse_public_key(tunnel.public_key, source=f"tunnel {tunnel.node_id}")
-        listen = ",".join(f'permitlisten="127.0.0.1:{port}"' for port in tunnel.ports)
-        lines.append(
-            f'restrict,port-forwarding,{listen},command="/bin/false" '
-            f"{key.key_type} {key.openssh.split()[1]} autoreg-callback:{tunnel.node_id}"
-        )
+        source = f"tunnel {tunnel.node_id!a}"
+        key = parse_public_key(tunnel.public_key, source=source)
+        try:
+            lines.append(authorized_key_line(tunnel.node_id, tunnel.ports, key))
+        except ValueError as exc:
+            raise KeyMaterialError(f"{source}: {exc}") from exc
     return "\n".join(lines) + "\n"
 
 
@@ -80,12 +123,15 @@ async def add_tunnel(
     Either ``public_key`` (an OpenSSH line) or ``generate_into`` (a directory where a
     new key pair is created for the node's install medium) must be given.
     """
+    check_node_id(node_id)  # before it names a file or reaches authorized_keys
     private: Path | None = None
     if generate_into is not None:
         private = generate_into / f"{node_id}_callback_ed25519"
         public_key = generate_ed25519(private, comment=f"autoreg-callback:{node_id}").openssh
     if public_key is None:
         raise ConfigError("give the node's callback public key, or --generate a key pair")
+    if len(public_key.strip().splitlines()) > 1:
+        raise KeyMaterialError(f"callback key of {node_id}: more than one line")
     parse_public_key(public_key, source=f"callback key of {node_id}")
     ctl = config.controller
     tunnel = await store.allocate_tunnel(

@@ -21,11 +21,20 @@ from .._exceptions import AnnouncementError
 
 __all__ = [
     "CONTROLLER_SERVICE_TYPE",
+    "KEY_TYPES",
     "NODE_SERVICE_TYPE",
     "PROTOCOL_VERSION",
     "Announcement",
     "RegistrarAnnouncement",
     "RegistrarState",
+    "check_cluster",
+    "check_fingerprint",
+    "check_ip",
+    "check_key_type",
+    "check_name",
+    "check_node_id",
+    "check_port",
+    "check_role",
     "decode_node",
     "decode_registrar",
     "encode_node",
@@ -52,9 +61,23 @@ _CLUSTER_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{3,39}")
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}")
 _FP_RE: Final = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
-_KT_RE: Final = re.compile(
-    r"(ssh-ed25519|ssh-rsa|rsa-sha2-256|rsa-sha2-512|ecdsa-sha2-nistp(256|384|521))"
+#: The host key types a node may announce (``kt``), strongest first.
+KEY_TYPES: Final = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "ssh-rsa",
+    "rsa-sha2-256",
+    "rsa-sha2-512",
 )
+# Each rule in words, as error messages state it (docs/protocol.md has the same table).
+_ID_RULE: Final = "4-40 characters of A-Z a-z 0-9 _ -, starting with a letter or digit"
+_ROLE_RULE: Final = "1-16 characters of a-z 0-9 -, starting with a lower-case letter"
+_CLUSTER_RULE: Final = "1-63 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit"
+_NAME_RULE: Final = "1-63 characters of A-Z a-z 0-9 . -, starting with a letter or digit"
+_FP_RULE: Final = "SHA256: followed by 43 unpadded base64 characters, as `ssh-keygen -lf` prints it"
+_KT_RULE: Final = "one of " + ", ".join(KEY_TYPES)
 _NODE_STATES: Final = ("ready", "registered")
 _REGISTRAR_STATES: Final = ("active", "locked", "standby")
 DEFAULT_KEY_TYPE: Final = "ssh-ed25519"
@@ -76,19 +99,19 @@ class Announcement:
 
     def __post_init__(self) -> None:
         # Validate on construction too, so an Announcement is valid wherever it
-        # was made (decoded from the network, built by the CLI, or by a test).
-        _check(_ID_RE, self.node_id, "id")
-        _check(_ROLE_RE, self.role, "role")
-        _check_ip(self.ip)
-        _check_port(self.port)
-        _check(_FP_RE, self.fingerprint, "fp")
-        _check(_KT_RE, self.key_type, "kt")
-        if self.state not in _NODE_STATES:
-            raise AnnouncementError(f"unknown state {self.state!r}", field="state")
+        # was made (decoded from the network, built by the CLI, or by a test);
+        # the address is kept in its normalised form, however it was written.
+        check_node_id(self.node_id)
+        check_role(self.role)
+        object.__setattr__(self, "ip", check_ip(self.ip))
+        check_port(self.port)
+        check_fingerprint(self.fingerprint)
+        check_key_type(self.key_type)
+        _check_state(self.state, _NODE_STATES)
         if self.cluster is not None:
-            _check(_CLUSTER_RE, self.cluster, "cluster")
+            check_cluster(self.cluster)
         if self.name is not None:
-            _check(_NAME_RE, self.name, "name")
+            check_name(self.name)
 
     @property
     def display_name(self) -> str:
@@ -108,16 +131,15 @@ class RegistrarAnnouncement:
     name: str | None = None
 
     def __post_init__(self) -> None:
-        _check(_ID_RE, self.node_id, "id")
-        _check(_ROLE_RE, self.role, "role")
-        _check_ip(self.ip)
-        _check_port(self.port)
-        if self.state not in _REGISTRAR_STATES:
-            raise AnnouncementError(f"unknown state {self.state!r}", field="state")
+        check_node_id(self.node_id)
+        check_role(self.role)
+        object.__setattr__(self, "ip", check_ip(self.ip))
+        check_port(self.port)
+        _check_state(self.state, _REGISTRAR_STATES)
         if self.cluster is not None:
-            _check(_CLUSTER_RE, self.cluster, "cluster")
+            check_cluster(self.cluster)
         if self.name is not None:
-            _check(_NAME_RE, self.name, "name")
+            check_name(self.name)
 
 
 def instance_name(role: str, node_id: str) -> str:
@@ -199,29 +221,40 @@ def decode_registrar(
 
 
 def _normalise(properties: Mapping[Any, Any]) -> dict[str, str]:
-    """Keys lower-cased (RFC 6763 §6.4), values decoded, limits enforced."""
+    """Keys checked then lower-cased (RFC 6763 §6.4), values decoded, limits enforced.
+
+    Every string counts against both size limits, whether or not it has a value.
+    """
     out: dict[str, str] = {}
     total = 0
     for raw_key, raw_value in properties.items():
-        key = _decode(raw_key, "key").lower()
-        if not key or not key.isascii() or not key.isprintable() or "=" in key:
-            raise AnnouncementError(f"invalid key {key!r}")
-        if raw_value is None:
+        written = _decode(raw_key, "key")
+        # Check the key as written: lower-casing maps some non-ASCII characters
+        # to ASCII ("\u212a" KELVIN SIGN becomes "k"), so check before folding.
+        if not written or not written.isascii() or "=" in written:
+            raise AnnouncementError(
+                f"invalid key {_quote(written)}: must be printable ASCII without '='",
+                field="key",
+            )
+        key = written.lower()
+        value = None if raw_value is None else _decode(raw_value, _shorten(key))
+        size = len(written) + (0 if value is None else 1 + len(value.encode()))
+        if size > MAX_TXT_STRING:
+            raise AnnouncementError(
+                f"a string of {size} bytes exceeds {MAX_TXT_STRING}", field=_shorten(key)
+            )
+        total += size + 1  # its length byte
+        if total > MAX_TXT_TOTAL:
+            raise AnnouncementError(f"TXT record of over {MAX_TXT_TOTAL} bytes")
+        if value is None:
             # RFC 6763 §6.4: a key with no '=' is a boolean attribute. Protocol v1
             # has none, so it is malformed for a key we know and ignored otherwise.
             if key in _KNOWN_KEYS:
                 raise AnnouncementError("present without a value", field=key)
             continue
-        value = _decode(raw_value, key)
-        size = len(key.encode()) + 1 + len(value.encode())
-        if size > MAX_TXT_STRING:
-            raise AnnouncementError(f"{size} bytes exceeds {MAX_TXT_STRING}", field=key)
-        total += size + 1
         if key in out:  # RFC 6763 §6.4: only the first occurrence counts
             continue
         out[key] = value
-    if total > MAX_TXT_TOTAL:
-        raise AnnouncementError(f"TXT record of {total} bytes exceeds {MAX_TXT_TOTAL}")
     version = out.get("v")
     if version is None:
         raise AnnouncementError("missing", field="v")
@@ -233,14 +266,16 @@ def _normalise(properties: Mapping[Any, Any]) -> dict[str, str]:
 _KNOWN_KEYS: Final = frozenset({"v", "role", "cluster", "ip", "fp", "kt", "id", "state", "name"})
 
 
-def _decode(raw: bytes | str, field: str) -> str:
+def _decode(raw: object, field: str) -> str:
     if isinstance(raw, str):
         text = raw
-    else:
+    elif isinstance(raw, bytes | bytearray):
         try:
-            text = raw.decode("utf-8")
+            text = bytes(raw).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise AnnouncementError("not valid UTF-8", field=field) from exc
+    else:
+        raise AnnouncementError(f"not text but {type(raw).__name__}", field=field)
     if not text.isprintable():
         raise AnnouncementError("contains control characters", field=field)
     return text
@@ -253,25 +288,97 @@ def _require(txt: Mapping[str, str], key: str) -> str:
     return value
 
 
-def _check(pattern: re.Pattern[str], value: str, field: str) -> None:
+# -- field validators: public, so that configuration and the CLI check values the
+# -- way the codec does, and say the same rule in the same words.
+
+
+def _check(pattern: re.Pattern[str], value: object, field: str, rule: str) -> str:
     if not isinstance(value, str) or pattern.fullmatch(value) is None:
-        raise AnnouncementError(f"invalid value {_shorten(value)!r}", field=field)
+        raise AnnouncementError(f"invalid value {_quote(value)}: must be {rule}", field=field)
+    return value
 
 
-def _check_ip(value: str) -> None:
+def check_node_id(value: object) -> str:
+    """``value`` if it is a valid node id (TXT key ``id``), else AnnouncementError."""
+    return _check(_ID_RE, value, "id", _ID_RULE)
+
+
+def check_role(value: object) -> str:
+    """``value`` if it is a well-formed role (TXT key ``role``), else AnnouncementError.
+
+    Whether the role exists is the profile's business, not the protocol's.
+    """
+    return _check(_ROLE_RE, value, "role", _ROLE_RULE)
+
+
+def check_cluster(value: object) -> str:
+    """``value`` if it is a valid cluster name (TXT key ``cluster``), else AnnouncementError."""
+    return _check(_CLUSTER_RE, value, "cluster", _CLUSTER_RULE)
+
+
+def check_name(value: object) -> str:
+    """``value`` if it is a valid host name (TXT key ``name``), else AnnouncementError."""
+    return _check(_NAME_RE, value, "name", _NAME_RULE)
+
+
+def check_fingerprint(value: object) -> str:
+    """``value`` if it is a ``SHA256:`` host-key fingerprint (TXT key ``fp``)."""
+    return _check(_FP_RE, value, "fp", _FP_RULE)
+
+
+def check_key_type(value: object) -> str:
+    """``value`` if it is a host key type the protocol knows (TXT key ``kt``)."""
+    if not isinstance(value, str) or value not in KEY_TYPES:
+        raise AnnouncementError(f"invalid value {_quote(value)}: must be {_KT_RULE}", field="kt")
+    return value
+
+
+def check_ip(value: object) -> str:
+    """The normalised form of an announceable address literal (TXT key ``ip``).
+
+    An IPv4 or IPv6 literal without a zone, neither multicast nor unspecified,
+    also when written as an IPv4-mapped IPv6 address (``::ffff:224.0.0.251``).
+    Returns ``str(ipaddress.ip_address(value))``, so ``0:0:0:0:0:0:0:1`` is ``::1``.
+    Which unicast classes a registrar accepts is policy: see :func:`address_problem`.
+    """
+    if not isinstance(value, str):
+        raise AnnouncementError(f"invalid value {_quote(value)}: must be an IP address", field="ip")
     if "%" in value:  # a scoped IPv6 address names a local interface: not announceable
-        raise AnnouncementError(f"scoped address not allowed: {_shorten(value)!r}", field="ip")
+        raise AnnouncementError(
+            f"invalid value {_quote(value)}: must be an address without a zone (%...)",
+            field="ip",
+        )
     try:
         addr = ipaddress.ip_address(value)
     except ValueError as exc:
-        raise AnnouncementError(f"not an IP address: {_shorten(value)!r}", field="ip") from exc
-    if addr.is_multicast or addr.is_unspecified:
-        raise AnnouncementError(f"not a usable unicast address: {value}", field="ip")
+        raise AnnouncementError(
+            f"invalid value {_quote(value)}: must be an IPv4 or IPv6 address literal",
+            field="ip",
+        ) from exc
+    mapped = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
+    for candidate in (addr, mapped):
+        if candidate is not None and (candidate.is_multicast or candidate.is_unspecified):
+            raise AnnouncementError(
+                f"invalid value {_quote(value)}: must be a unicast address "
+                "(not multicast, not unspecified, also in IPv4-mapped form)",
+                field="ip",
+            )
+    return str(addr)
 
 
-def _check_port(port: int) -> None:
-    if not isinstance(port, int) or not 0 < port < 65536:
-        raise AnnouncementError(f"invalid port {port!r}", field="port")
+def check_port(value: object) -> int:
+    """``value`` if it is a TCP port number 1-65535 (the SRV port), else AnnouncementError."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise AnnouncementError(f"invalid port {_quote(value)}: must be 1-65535", field="port")
+    return value
+
+
+def _check_state(value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise AnnouncementError(
+            f"unknown state {_quote(value)}: must be one of {', '.join(allowed)}",
+            field="state",
+        )
 
 
 def _check_sizes(txt: Mapping[str, str]) -> None:
@@ -281,3 +388,12 @@ def _check_sizes(txt: Mapping[str, str]) -> None:
 def _shorten(value: object, limit: int = 40) -> str:
     text = str(value)
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _quote(value: object) -> str:
+    """``value`` shortened and quoted with every non-ASCII character escaped.
+
+    Lookalikes show as what they are: ``'\\u212at'``, not a ``Kt`` that reads as ASCII.
+    """
+    text = str(value)
+    return ascii(text[:40]) + ("..." if len(text) > 40 else "")

@@ -328,3 +328,41 @@ def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
     path = write(tmp_path, "[autoreg]\nlog_level = info\n")
     message = load_error(path, env={"AUTOREG_LOG_LEVEL": "chatty"})
     assert "AUTOREG_LOG_LEVEL" in message
+
+
+# -- proxies: checked with the protocol's own validators ----------
+
+PROXY_FP = "SHA256:" + "B" * 43
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ("", "proxy_fingerprint: invalid value '': must be SHA256: followed by 43"),
+        ("proxy_fingerprint = SHA256:short", "proxy_fingerprint: invalid value 'SHA256:short'"),
+        (
+            f"proxy_fingerprint = {PROXY_FP}\nproxy_key_type = ssh-dss",
+            "proxy_key_type: invalid value 'ssh-dss': must be one of ssh-ed25519,",
+        ),
+        (f"proxy_fingerprint = {PROXY_FP}\nproxy_port = 0", "proxy_port: must be 1-65535"),
+    ],
+)
+def test_proxy_section_states_the_rule(tmp_path: Path, lines: str, expected: str) -> None:
+    message = load_error(write(tmp_path, f"[cluster:foo]\nproxy = 10.0.0.9\n{lines}\n"))
+    assert expected in message
+    assert "[cluster:foo]" in message
+
+
+def test_proxy_section_accepts_every_protocol_key_type(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"[cluster:foo]\nproxy = 10.0.0.9\nproxy_fingerprint = {PROXY_FP}\n"
+        "proxy_key_type = ecdsa-sha2-nistp384\nproxy_port = 2222\n",
+    )
+    proxy = load_config(path, env={}).proxy_for("foo")
+    assert proxy is not None
+    assert (proxy.key_type, proxy.port, proxy.fingerprint) == (
+        "ecdsa-sha2-nistp384",
+        2222,
+        PROXY_FP,
+    )

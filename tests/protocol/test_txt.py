@@ -6,18 +6,28 @@ offending field, and nothing a peer can put on the wire may raise anything else.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Mapping
+import ipaddress
+from collections.abc import Callable, Mapping
+from datetime import timedelta
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from registration._exceptions import AnnouncementError
 from registration.protocol import (
+    KEY_TYPES,
     PROTOCOL_VERSION,
     Announcement,
     RegistrarAnnouncement,
+    check_cluster,
+    check_fingerprint,
+    check_ip,
+    check_key_type,
+    check_name,
+    check_node_id,
+    check_port,
+    check_role,
     decode_node,
     decode_registrar,
     encode_node,
@@ -382,38 +392,297 @@ def test_ipv6_zone_with_junk_rejected(ip: str) -> None:
     assert rejected(raw(ip=ip)).field == "ip"
 
 
+# -- hostile input found by fuzzing (each one a regression example below too) --------
+
+KELVIN_KT = "\u212at"  # KELVIN SIGN + "t": lower-cases to the ASCII key "kt"
+
+
+@pytest.mark.parametrize("key", [KELVIN_KT.encode(), "\u212aT".encode()])
+def test_non_ascii_key_is_rejected_before_case_folding(key: bytes) -> None:
+    txt = raw()
+    txt[key] = b"ssh-rsa"
+    err = rejected(txt)
+    assert err.field == "key"
+    assert "ASCII" in err.reason
+    # the same key handed over as a str mapping
+    str_txt = {k.decode(): (v or b"").decode() for k, v in raw().items()}
+    with pytest.raises(AnnouncementError):
+        decode_node({**str_txt, key.decode(): "ssh-rsa"}, 22)
+
+
+def test_keys_without_value_count_against_the_record_limit() -> None:
+    txt = raw()
+    for i in range(2000):
+        txt[f"x{i}".encode()] = None
+    err = rejected(txt)
+    assert err.field is None
+    assert "1300" in err.reason
+
+
+def test_key_without_value_counts_against_the_string_limit() -> None:
+    txt = raw()
+    txt[b"k" * 300] = None
+    err = rejected(txt)
+    assert "255" in err.reason
+    assert err.field is not None and len(err.field) < 50  # the field is shortened
+    txt = raw()
+    txt[b"k" * 255] = None  # exactly 255 bytes: fine
+    assert decode_node(txt, 22).node_id == "n1abc"
+
+
+def test_boolean_keys_within_the_limits_are_still_ignored() -> None:
+    txt = raw()
+    for i in range(20):
+        txt[f"flag{i}".encode()] = None
+    assert decode_node(txt, 22).node_id == "n1abc"
+
+
+@pytest.mark.parametrize(
+    "ip",
+    [
+        "::ffff:0.0.0.0",
+        "::ffff:0:0",
+        "::ffff:224.0.0.251",
+        "::ffff:e000:fb",
+        "::ffff:239.255.255.250",
+        "0:0:0:0:0:ffff:e000:00fb",
+    ],
+)
+def test_ipv4_mapped_multicast_and_unspecified_rejected(ip: str) -> None:
+    err = rejected(raw(ip=ip))
+    assert err.field == "ip"
+    assert "unicast" in err.reason
+
+
+@pytest.mark.parametrize(
+    ("written", "normalised"),
+    [
+        ("0:0:0:0:0:0:0:1", "::1"),
+        ("2001:DB8:0:0:0:0:0:5", "2001:db8::5"),
+        ("2001:0db8::0005", "2001:db8::5"),
+        ("FE80::1", "fe80::1"),
+        ("::ffff:198.18.0.5", str(ipaddress.ip_address("::ffff:198.18.0.5"))),
+        ("198.18.0.5", "198.18.0.5"),
+    ],
+)
+def test_addresses_are_normalised(written: str, normalised: str) -> None:
+    ann = decode_node(raw(ip=written), 22)
+    assert ann.ip == normalised
+    assert encode_node(ann)["ip"] == normalised
+    reg = decode_registrar(raw(ip=written, state="active"), 22)
+    assert reg.ip == normalised
+    # built directly, the same: an Announcement never carries an unnormalised address
+    direct = Announcement(node_id="n1abc", role="nc", ip=written, port=22, fingerprint=FP)
+    assert direct.ip == normalised
+    assert direct == ann.__class__(
+        node_id="n1abc", role="nc", ip=normalised, port=22, fingerprint=FP
+    )
+    assert RegistrarAnnouncement(node_id="n1abc", role="cc", ip=written, port=22).ip == normalised
+
+
+# -- field validators ---------------------------------------------------------------------
+
+
+def test_validators_return_valid_values() -> None:
+    assert check_node_id("n1abc") == "n1abc"
+    assert check_role("walrus") == "walrus"
+    assert check_cluster("foo.bar_1") == "foo.bar_1"
+    assert check_name("cc1.example") == "cc1.example"
+    assert check_fingerprint(FP) == FP
+    for key_type in KEY_TYPES:
+        assert check_key_type(key_type) == key_type
+    assert check_ip("2001:DB8::1") == "2001:db8::1"
+    assert check_port(22) == 22
+
+
+@pytest.mark.parametrize(
+    ("check", "value", "field", "rule"),
+    [
+        (check_node_id, "sc1", "id", "4-40 characters of A-Z a-z 0-9 _ -, starting with a letter"),
+        (check_node_id, "a\nb" * 3, "id", "4-40 characters"),
+        (check_role, "NC", "role", "1-16 characters of a-z 0-9 -, starting with a lower-case"),
+        (check_cluster, "-foo", "cluster", "1-63 characters of A-Z a-z 0-9 _ . -"),
+        (check_name, "node_1", "name", "1-63 characters of A-Z a-z 0-9 . -"),
+        (check_fingerprint, "SHA256:short", "fp", "SHA256: followed by 43 unpadded base64"),
+        (check_key_type, "ssh-dss", "kt", "one of ssh-ed25519, ecdsa-sha2-nistp256"),
+        (check_ip, "198.18.0", "ip", "IPv4 or IPv6 address literal"),
+        (check_ip, "fe80::1%eth0", "ip", "without a zone"),
+        (check_ip, "224.0.0.251", "ip", "unicast"),
+        (check_ip, None, "ip", "IP address"),
+        (check_port, 0, "port", "1-65535"),
+        (check_port, True, "port", "1-65535"),
+    ],
+)
+def test_validators_state_the_rule(
+    check: Callable[[object], object], value: object, field: str, rule: str
+) -> None:
+    with pytest.raises(AnnouncementError) as info:
+        check(value)
+    assert info.value.field == field
+    assert rule in info.value.reason
+    assert str(info.value).startswith(f"{field}: ")
+    assert "\n" not in str(info.value)  # the value is quoted with its escapes
+
+
+def test_construction_error_states_the_rule() -> None:
+    with pytest.raises(AnnouncementError) as info:
+        Announcement(node_id="sc1", role="sc", ip="10.0.0.1", port=22, fingerprint=FP)
+    assert str(info.value) == (
+        "id: invalid value 'sc1': must be 4-40 characters of A-Z a-z 0-9 _ -, "
+        "starting with a letter or digit"
+    )
+    with pytest.raises(AnnouncementError) as info:
+        RegistrarAnnouncement(node_id="n1abc", role="cc", ip="10.0.0.1", port=22, state="ready")  # type: ignore[arg-type]
+    assert "active, locked, standby" in info.value.reason
+
+
 # -- robustness: nothing but AnnouncementError, whatever arrives --------------------
 
 _KNOWN = [b"v", b"id", b"role", b"ip", b"fp", b"state", b"cluster", b"name", b"kt", b"ROLE", b"Id"]
-_keys = st.one_of(st.sampled_from(_KNOWN), st.binary(max_size=12))
+_keys = st.one_of(
+    st.sampled_from([*_KNOWN, KELVIN_KT.encode(), "\u0130d".encode(), b"IP", b"Kt"]),
+    st.binary(max_size=12),
+    st.text(max_size=12).map(str.encode),
+    st.integers(min_value=250, max_value=300).map(lambda n: b"k" * n),
+)
+_ips = st.one_of(
+    st.ip_addresses().map(lambda a: str(a).encode()),
+    st.ip_addresses(v=6).map(lambda a: a.exploded.upper().encode()),
+    st.ip_addresses(v=4).map(lambda a: f"::ffff:{a}".encode()),
+    st.sampled_from(
+        [b"::ffff:0.0.0.0", b"::ffff:224.0.0.251", b"0:0:0:0:0:0:0:1", b"fe80::1%x", b"::"]
+    ),
+)
 _values = st.one_of(
     st.none(),
     st.binary(max_size=300),
     st.text(max_size=70).map(str.encode),
     st.sampled_from(
-        [b"1", b"ready", b"registered", b"nc", b"n1abc", b"198.18.0.5", b"fe80::1%x", FP.encode()]
+        [b"1", b"ready", b"registered", b"active", b"nc", b"n1abc", b"198.18.0.5", FP.encode()]
     ),
+    _ips,
+)
+_extras = st.dictionaries(_keys, _values, max_size=8)
+# n boolean attributes (keys without '='), cheap to generate in bulk
+_flags = st.integers(min_value=0, max_value=400).map(
+    lambda n: {f"b{i}".encode(): None for i in range(n)}
 )
 
 
-@settings(
-    max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+def _records(base: RawTxt) -> st.SearchStrategy[RawTxt]:
+    """Random records, and mostly valid ones with random changes (so some are accepted)."""
+    return st.one_of(
+        st.dictionaries(_keys, _values, max_size=14),
+        st.builds(lambda extra: {**base, **extra}, _extras),
+        st.builds(lambda ip, extra: {**base, b"ip": ip, **extra}, _ips, _extras),
+        st.builds(lambda flags, extra: {**base, **flags, **extra}, _flags, _extras),
+    )
+
+
+def _with(**keys: bytes | None) -> RawTxt:
+    return {**raw(), **{k.encode(): v for k, v in keys.items()}}
+
+
+def _bulk_flags(count: int, size: int = 4) -> RawTxt:
+    return {**raw(), **{f"x{i:0{size - 1}}".encode(): None for i in range(count)}}
+
+
+_REGRESSIONS: list[RawTxt] = [
+    {**raw(), KELVIN_KT.encode(): b"ssh-rsa"},  # non-ASCII key folded to "kt"
+    {**drop(raw(), "id"), "\u0130d".encode(): b"n1abc"},  # dotted capital I folds to "i̇d"
+    _bulk_flags(2000),  # boolean keys skipped the total limit
+    {**raw(), b"k" * 300: None},  # ... and the per-string limit
+    raw(ip="::ffff:0.0.0.0"),  # IPv4-mapped unspecified
+    raw(ip="::ffff:224.0.0.251"),  # IPv4-mapped multicast
+    raw(ip="0:0:0:0:0:0:0:1"),  # accepted, but must come out as ::1
+]
+
+
+def _string_sizes(txt: Mapping[bytes, bytes | None]) -> list[int]:
+    return [len(k) + (0 if v is None else 1 + len(v)) for k, v in txt.items()]
+
+
+def _assert_within_the_documented_limits(txt: RawTxt, ip: str) -> None:
+    """What an accepted record must satisfy (docs/protocol.md, "TXT keys" and "Validation")."""
+    for key in txt:
+        text = key.decode("utf-8")
+        assert text and text.isascii() and text.isprintable() and "=" not in text, key
+        assert text.lower().isascii()
+    sizes = _string_sizes(txt)
+    assert all(size <= 255 for size in sizes)
+    assert sum(size + 1 for size in sizes) <= 1300
+    addr = ipaddress.ip_address(ip)
+    assert ip == str(addr)
+    mapped = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
+    for a in (addr, mapped):
+        assert a is None or not (a.is_multicast or a.is_unspecified)
+
+
+_FUZZ = settings(
+    max_examples=300,
+    deadline=timedelta(milliseconds=500),
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(st.dictionaries(_keys, _values, max_size=14), st.integers(min_value=-5, max_value=70000))
+
+
+@_FUZZ
+@given(_records(raw()), st.integers(min_value=-5, max_value=70000))
+@example(_REGRESSIONS[0], 22)
+@example(_REGRESSIONS[1], 22)
+@example(_REGRESSIONS[2], 22)
+@example(_REGRESSIONS[3], 22)
+@example(_REGRESSIONS[4], 22)
+@example(_REGRESSIONS[5], 22)
+@example(_REGRESSIONS[6], 22)
+@example({**raw(), b"x" * 252: None, b"y" * 252: None}, 22)  # two strings of 253: fine
+@example(_bulk_flags(230), 22)  # just under 1300 bytes in total
 def test_decode_node_only_raises_announcement_error(txt: RawTxt, port: int) -> None:
     try:
         ann = decode_node(txt, port)
     except AnnouncementError as exc:
         assert str(exc)
-    else:
-        assert isinstance(ann, Announcement)
-        # whatever was accepted encodes back to the same announcement
-        wire = {k.encode(): v.encode() for k, v in encode_node(ann).items()}
-        assert decode_node(wire, port) == ann
+        return
+    assert isinstance(ann, Announcement)
+    _assert_within_the_documented_limits(txt, ann.ip)
+    for check, value in [
+        (check_node_id, ann.node_id),
+        (check_role, ann.role),
+        (check_fingerprint, ann.fingerprint),
+        (check_key_type, ann.key_type),
+    ]:
+        assert check(value) == value
+    # whatever was accepted encodes back to the same announcement
+    wire = {k.encode(): v.encode() for k, v in encode_node(ann).items()}
+    assert decode_node(wire, port) == ann
 
 
-@settings(max_examples=200, deadline=None, database=None)
-@given(st.dictionaries(_keys, _values, max_size=10))
+_REGISTRAR = {**drop(raw(), "fp"), b"state": b"active"}
+
+
+@_FUZZ
+@given(_records(_REGISTRAR))
+@example({**_REGISTRAR, KELVIN_KT.encode(): b"x"})
+@example({**_REGISTRAR, **{f"x{i:03}".encode(): None for i in range(2000)}})
+@example({**_REGISTRAR, b"k" * 300: None})
+@example({**_REGISTRAR, b"ip": b"::ffff:0.0.0.0"})
+@example({**_REGISTRAR, b"ip": b"::ffff:224.0.0.251"})
+@example({**_REGISTRAR, b"ip": b"0:0:0:0:0:0:0:1"})
 def test_decode_registrar_only_raises_announcement_error(txt: RawTxt) -> None:
-    with contextlib.suppress(AnnouncementError):
-        decode_registrar(txt, 22)
+    try:
+        ann = decode_registrar(txt, 22)
+    except AnnouncementError as exc:
+        assert str(exc)
+        return
+    assert isinstance(ann, RegistrarAnnouncement)
+    _assert_within_the_documented_limits(txt, ann.ip)
+    assert decode_registrar(encode_registrar(ann), 22) == ann
+
+
+@pytest.mark.parametrize("txt", _REGRESSIONS[:-1])
+def test_fuzzing_regressions_are_rejected(txt: RawTxt) -> None:
+    rejected(txt)
+
+
+def test_fuzzing_regression_unnormalised_address() -> None:
+    assert decode_node(_REGRESSIONS[-1], 22).ip == "::1"
