@@ -35,6 +35,7 @@ every command that dials out runs inside the controller's namespace.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import concurrent.futures
 import contextlib
 import json
@@ -98,23 +99,31 @@ def reverify_main(argv: list[str]) -> int:
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--plain", metavar="SSH_CONFIG", help="then time plain ssh -F SSH_CONFIG")
     args = p.parse_args(argv)
+    from registration._admin import store_for
     from registration._config import load_config
     from registration._remote import prepare_access
-    from registration.state import Store
 
     config = load_config(args.conf)
     rounds: list[dict[str, Any]] = []
-    with Store(config.db_path) as store:
-        for _ in range(args.count):
-            rec = store.get(args.node)
-            assert rec is not None, args.node
-            started = time.perf_counter()
-            prepare_access(config, store, rec)
-            took = time.perf_counter() - started
-            after = store.get(args.node)
-            rounds.append(
-                {"s": took, "path_before": rec.path, "path_after": after.path if after else None}
-            )
+
+    async def reverify() -> None:
+        async with store_for(config) as store:
+            for _ in range(args.count):
+                rec = await store.get(args.node)
+                assert rec is not None, args.node
+                started = time.perf_counter()
+                await prepare_access(config, store, rec)
+                took = time.perf_counter() - started
+                after = await store.get(args.node)
+                rounds.append(
+                    {
+                        "s": took,
+                        "path_before": rec.path,
+                        "path_after": after.path if after else None,
+                    }
+                )
+
+    asyncio.run(reverify())
     # prepare_access just rewrote the node's ssh_config: plain ssh follows the same path.
     plain = _plain_ssh(args.plain) if args.plain else None
     print(json.dumps({"reverify": rounds, "plain": plain}), flush=True)
@@ -669,7 +678,7 @@ class Bench:
 
     def fleet_up(self) -> tuple[list[Any], dict[str, Any]]:
         """N direct nodes (sshd only), queued into the running daemon and registered."""
-        from registration._admin import manual_register
+        from registration._admin import manual_register, store_for
         from registration._config import load_config
         from registration.protocol import Announcement
 
@@ -682,12 +691,17 @@ class Bench:
         # and this saves an interpreter start per node.
         ctl.write_config()
         config = load_config(ctl.conf)
-        for st in fleet:
-            ann = Announcement(
-                node_id=st.node_id, role=role, ip=st.host.ip, port=st.sshd.port,
-                fingerprint=st.sshd.fingerprint, name=st.host.name,
-            )  # fmt: skip
-            manual_register(config, ann)
+
+        async def queue_all() -> None:
+            async with store_for(config) as store:
+                for st in fleet:
+                    ann = Announcement(
+                        node_id=st.node_id, role=role, ip=st.host.ip, port=st.sshd.port,
+                        fingerprint=st.sshd.fingerprint, name=st.host.name,
+                    )  # fmt: skip
+                    await manual_register(config, store, ann)
+
+        asyncio.run(queue_all())
         ids = {st.node_id for st in fleet}
 
         def pending() -> list[str]:

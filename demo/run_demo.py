@@ -25,6 +25,7 @@ here, 130 interrupted.  See demo/README.md.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import hashlib
 import heapq
@@ -47,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 sys.path.insert(0, str(REPO / "tests"))  # the netns lab lives with the tests
 
-from registration.state import NodeState, Store  # noqa: E402
+from registration.state import NodeState, SqliteStore  # noqa: E402
 from support import netlab  # noqa: E402
 from support.autoreg_lab import AutoregLab, Station, autoreg_argv  # noqa: E402
 
@@ -208,8 +209,7 @@ class Follower:
     def sync(self, timeout: float = SYNC_TIMEOUT) -> None:
         """Wait until every event already in the store has been printed (bounded)."""
         try:
-            with Store(self.station.state_dir / "autoreg.db", readonly=True) as store:
-                latest = store.last_events(1)
+            latest = asyncio.run(_last_events(self.station.state_dir / "autoreg.db"))
         except Exception:  # the stream is cosmetic: never fail the demo on it
             return
         target = latest[-1].seq if latest else 0
@@ -243,6 +243,14 @@ class Follower:
 
 
 # -- the demo ------------------------------------------------------------------------------
+
+
+async def _last_events(db: Path) -> list[Any]:
+    store = await SqliteStore.open(db, readonly=True, origin="demo")
+    try:
+        return await store.last_events(1)
+    finally:
+        await store.close()
 
 
 def node_id_for_demo() -> str:

@@ -41,6 +41,7 @@ from .state import (
 
 __all__ = [
     "build_medium",
+    "check_role",
     "daemon_status",
     "forget_node",
     "manual_register",
@@ -67,10 +68,7 @@ async def set_lockdown(
     config: Config, store: StateStore, locked: bool, *, role: str | None, reason: str = ""
 ) -> str | None:
     """Flip a lockdown switch; returns a warning when it cannot matter here."""
-    if role is not None and config.profile.role(role) is None:
-        raise ConfigError(
-            f"unknown role {role!r}; roles: {', '.join(sorted(config.profile.roles))}"
-        )
+    check_role(config, role)
     await store.set_lockdown(role or GLOBAL_SCOPE, locked, reason=reason)
     mine = _registrar_role(config)
     if role is not None and mine and role not in config.profile.roles_registered_by(mine):
@@ -82,6 +80,14 @@ async def set_lockdown(
             + ": the switch has no effect here"
         )
     return None
+
+
+def check_role(config: Config, role: str | None) -> None:
+    """A role the profile knows (None: every role), or a ConfigError listing them."""
+    if role is not None and config.profile.role(role) is None:
+        raise ConfigError(
+            f"unknown role {role!r}; roles: {', '.join(sorted(config.profile.roles))}"
+        )
 
 
 def _registrar_role(config: Config) -> str | None:
@@ -105,10 +111,7 @@ def _registrar(config: Config) -> Registrar | None:
 
 async def manual_register(config: Config, store: StateStore, ann: Announcement) -> NodeRecord:
     """Queue a node from another network for registration: the one way in, source manual."""
-    if config.profile.role(ann.role) is None:
-        raise ConfigError(
-            f"unknown role {ann.role!r}; roles: {', '.join(sorted(config.profile.roles))}"
-        )
+    check_role(config, ann.role)
     existing = await store.get(ann.node_id)
     if existing is not None and existing.state in (NodeState.REGISTERED, NodeState.REGISTERING):
         raise AutoregError(

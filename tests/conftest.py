@@ -16,6 +16,7 @@ import pytest
 
 from support import netlab
 from support.autoreg_lab import AutoregLab
+from support.prerequisites import unavailable
 
 _lab_index = iter(range(10, 250))
 
@@ -30,6 +31,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "netns" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``prerequisite(ok, reason=...)`` markers: skip outside CI, fail under CI=true."""
+    for mark in item.iter_markers("prerequisite"):
+        if not mark.args[0]:
+            unavailable(mark.kwargs["reason"])
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +18,9 @@ from registration._sshkeys import (
     parse_public_key,
     read_public_key,
 )
+from support.prerequisites import prerequisite
 
-pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs ssh-keygen")
+pytestmark = prerequisite("ssh-keygen", reason="needs ssh-keygen (openssh-client)")
 
 
 def keygen(*args: str) -> str:

@@ -42,6 +42,7 @@ def lockdown(obj: _Ctx, switch: str, role: str | None, reason: str, as_json: boo
             return await store.lockdown()
 
     async def flip() -> str | None:
+        _admin.check_role(config, role)  # before the store is created
         async with _admin.store_for(config) as store:
             return await _admin.set_lockdown(
                 config, store, switch == "on", role=role, reason=reason
@@ -116,6 +117,7 @@ def register(
         except AnnouncementError as exc:
             raise click.BadParameter(str(exc)) from exc
         config = obj.config()
+        _admin.check_role(config, role)
 
         async def queue() -> tuple[NodeRecord, NodeRecord | None]:
             async with _admin.store_for(config) as store:

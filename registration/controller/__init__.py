@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._daemon import EXIT_INTERRUPTED, Daemon
+from ._daemon import EXIT_INTERRUPTED, Daemon, RegistrationsFactory
 from ._hooks import HookResult, find_hook, run_hook
 from ._index import NodeIndex
 from ._ingest import Ingested, ingest
@@ -33,6 +33,7 @@ __all__ = [
     "Registrar",
     "Registration",
     "Registrations",
+    "RegistrationsFactory",
     "StateView",
     "add_tunnel",
     "callback_config_text",

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
 import paramiko
@@ -52,13 +52,17 @@ from ..transport import Publication, ResolvedService, Transport, create_transpor
 from ._hooks import KILL_GRACE
 from ._ingest import Ingested, ingest
 from ._reconciler import Reconciler
-from ._registration import Registration, Registrations
+from ._registration import ChangeFn, Registration, Registrations
 from ._rules import Registrar
 from ._ssh import load_private_key
 
-__all__ = ["EXIT_INTERRUPTED", "Daemon"]
+__all__ = ["EXIT_INTERRUPTED", "Daemon", "RegistrationsFactory"]
 
 log = logging.getLogger(__name__)
+
+#: Builds what carries out registrations, given how to record a state change, the
+#: registrar's owner id (its claims) and the clock.
+RegistrationsFactory = Callable[[ChangeFn, str, Clock], Registrations]
 
 #: Exit status of a daemon whose stop interrupted a running hook (documented: 130).
 EXIT_INTERRUPTED: Final = 130
@@ -75,6 +79,7 @@ class Daemon:
     ``transport``, ``store``, ``clock`` and ``registrations`` are seams for tests (an
     in-memory transport, a fake clock, scripted registrations); by default the
     configured transport and store, the system clock and real SSH registrations.
+    The daemon closes only what it opened itself.
     """
 
     def __init__(
@@ -84,7 +89,7 @@ class Daemon:
         transport: Transport | None = None,
         store: StateStore | None = None,
         clock: Clock | None = None,
-        registrations: Registrations | None = None,
+        registrations: RegistrationsFactory | None = None,
     ) -> None:
         if not config.controller.role:
             raise ConfigError(
@@ -98,7 +103,8 @@ class Daemon:
         self._store = store
         self._own_store = store is None
         self._clock: Clock = clock or SystemClock()
-        self._registrations = registrations
+        self._make_registrations = registrations
+        self._registrations: Registrations | None = None
         self._io = ThreadLimiter("autoreg-ssh", config.controller.max_parallel)
         self._stopping = asyncio.Event()
         self._locked = False  # we hold the store's registrar lock
@@ -150,7 +156,9 @@ class Daemon:
             max_parallel=self.config.controller.max_parallel,
             after_pass=self._update_announcement,
         )
-        if self._registrations is None:
+        if self._make_registrations is not None:
+            self._registrations = self._make_registrations(recon.change, self.owner, self._clock)
+        else:
             self._registrations = Registration(
                 self.config,
                 store,
@@ -396,6 +404,7 @@ class Daemon:
     async def _external(self, event: Event) -> None:
         if event.kind == "lockdown":
             self.reconciler.set_lockdown(await self.store.lockdown())
+            await self._update_announcement()  # "locked" even when no node is affected
         elif event.node_id is not None:
             await self.reconciler.reload(event.node_id)
 

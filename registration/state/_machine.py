@@ -236,10 +236,14 @@ def is_settled(rec: NodeRecord) -> bool:
 
 
 def mermaid_diagram() -> str:
-    """The state diagram (Mermaid ``stateDiagram-v2``), generated from the table."""
+    """The state diagram (Mermaid ``stateDiagram-v2``), generated from the table.
+
+    Self-transitions (a new reason, or progress such as "hook started") are left out.
+    """
     lines = ["stateDiagram-v2"]
     for source, targets in TRANSITIONS.items():
         start = "[*]" if source is None else source.value
         for target in sorted(targets, key=list(NodeState).index):
-            lines.append(f"    {start} --> {target.value}")
+            if target is not source:
+                lines.append(f"    {start} --> {target.value}")
     return "\n".join(lines) + "\n"

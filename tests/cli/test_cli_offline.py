@@ -18,7 +18,9 @@ from click.testing import CliRunner, Result
 
 from registration._config import ENV_OVERRIDES
 from registration.cli import cli
-from registration.state import SCHEMA_VERSION, NodeState, Store
+from registration.state import SCHEMA_VERSION, NodeState
+from support.records import put_sync
+from support.sync_store import SyncStore
 
 FP = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s"
 
@@ -50,7 +52,7 @@ class Env:
         return json.loads(self.ok(*args).stdout)
 
     def init_store(self) -> None:
-        Store(self.db).close()
+        SyncStore(self.db).close()
 
 
 @pytest.fixture
@@ -141,7 +143,7 @@ def test_lockdown_per_role_then_status(env: Env) -> None:
     env.ok("lockdown", "off", "--role", "nc")
     assert env.json("lockdown", "status", "--json") == {"*": True, "nc": False}
     assert env.ok("lockdown", "status").stdout == "all roles: on\nnc: off\n"
-    with Store(env.db, readonly=True) as store:
+    with SyncStore(env.db, readonly=True) as store:
         messages = [e.message for e in store.events() if e.kind == "lockdown"]
     assert messages[0] == "lockdown on for registration of role nc: maintenance"
 
@@ -271,10 +273,21 @@ def test_forget_unknown(env: Env) -> None:
 
 
 def _set_state(env: Env, node_id: str, state: NodeState) -> None:
-    with Store(env.db) as store:
+    """Walk the (manually registered, so `seen`) node to ``state`` by legal steps."""
+    with SyncStore(env.db) as store:
         rec = store.get(node_id)
-        assert rec is not None
-        store.save(dataclasses.replace(rec, state=state), kind="test", message=f"-> {state}")
+        assert rec is not None and rec.state is NodeState.SEEN
+    put_sync(
+        env.db,
+        node_id,
+        state,
+        source=rec.source,
+        ip=rec.ip,
+        port=rec.port,
+        role=rec.role,
+        cluster=rec.cluster,
+        fingerprint=rec.fingerprint,
+    )
 
 
 def test_retry_of_a_registered_node_fails(env: Env) -> None:

@@ -36,7 +36,9 @@ from registration.cli._output import (
 )
 from registration.controller._hooks import sanitize_output
 from registration.protocol import Announcement
-from registration.state import Event, NodeRecord, NodeState, Store
+from registration.state import Event, NodeRecord, NodeState, Source
+from support.records import write_raw
+from support.sync_store import SyncStore
 
 REPO = Path(__file__).resolve().parents[2]
 FP = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s"
@@ -142,7 +144,7 @@ def test_escaped_text_is_terminal_safe_and_stable(text: str, multiline: bool) ->
 
 def hostile_record(**changes: Any) -> NodeRecord:
     ann = Announcement(node_id="n1abc", role="nc", ip="198.18.0.5", port=22, fingerprint=FP)
-    rec = NodeRecord.new(ann, source="mdns", reason="seen", now=1_700_000_000.0)
+    rec = NodeRecord.new(ann, source=Source.MDNS, reason="seen", now=1_700_000_000.0)
     fields: dict[str, Any] = {
         "name": f"node{HOSTILE}",
         "cluster": f"foo{OSC_TITLE}",
@@ -257,11 +259,12 @@ def hostile_store(tmp_path: Path) -> tuple[Path, Path]:
     config = tmp_path / "autoreg.conf"
     config.write_text(f"[autoreg]\nkeys_dir = {tmp_path / 'keys'}\n")
     state = tmp_path / "state"
-    with Store(state / "autoreg.db") as store:
+    with SyncStore(state / "autoreg.db") as store:
         rec = hostile_record()
-        store.save(rec, kind="unreachable", message=rec.reason, data={"error": HOSTILE})
+        store.add_event(rec.node_id, "unreachable", rec.reason, {"error": HOSTILE})
         for event in hostile_events():
             store.add_event(event.node_id, event.kind, event.message, event.data)
+    write_raw(state / "autoreg.db", rec)  # hostile text in columns stored as received
     return config, state
 
 

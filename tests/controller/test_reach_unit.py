@@ -8,7 +8,6 @@ and that OpenSSH itself reads the ssh_config the way hooks rely on (``ssh -G``).
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -34,6 +33,7 @@ from registration.controller._ssh import (
 )
 from registration.protocol import Announcement
 from registration.state import NodeRecord
+from support.prerequisites import prerequisite
 
 NODE_FP = "SHA256:" + "N" * 43
 PROXY_FP = "SHA256:" + "P" * 43
@@ -194,7 +194,7 @@ def _openssh_view(config_file: Path, host: str = "node") -> dict[str, str]:
     return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
 
 
-needs_ssh = pytest.mark.skipif(shutil.which("ssh") is None, reason="needs OpenSSH's ssh")
+needs_ssh = prerequisite("ssh", reason="needs OpenSSH's ssh")
 
 
 @needs_ssh

@@ -1,19 +1,20 @@
-"""The registration decision (registration/controller/_rules.py), over a fake state view.
+"""The registration decision (registration/controller/_rules.py), over the daemon's index.
 
-decide() is pure logic over the StateView protocol, so a small in-memory view is
-a legitimate seam: each rule is checked on its own, then the precedence between
-rules (ignore > reject > lock > self-registration > uniqueness > requirements).
+decide() is pure logic over the StateView protocol; the view here is the real one
+the daemon uses (``NodeIndex``), whose answers tests/controller/test_index.py
+checks against the store's own uniqueness check.  Each rule is checked on its
+own, then the precedence between rules (ignore > reject > lock >
+self-registration > uniqueness > requirements).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 
 import pytest
 
 from registration._profile import Profile, load_profile
-from registration.controller import Decision, Registrar, decide, owns
+from registration.controller import Decision, NodeIndex, Registrar, decide, owns
 from registration.state import NodeRecord, NodeState
 
 FP = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s"
@@ -35,56 +36,16 @@ def node(
         ip="198.18.0.9",
         port=22,
         fingerprint=FP,
-        key_type="ssh-ed25519",
-        announced_state="ready",
-        source="mdns",
-        present=True,
         state=state,
-        reason="",
-        attempts=0,
-        next_attempt=None,
-        path=None,
-        hook_pid=None,
-        resumed=False,
-        first_seen=0.0,
-        last_seen=0.0,
-        updated=0.0,
-        registered_at=None,
     )
 
 
-@dataclasses.dataclass
-class FakeView:
-    """The same queries as Store, over a list of records."""
-
-    nodes: list[NodeRecord] = dataclasses.field(default_factory=list)
-    locked: set[str] = dataclasses.field(default_factory=set)
-
-    def count_holding(self, role: str, cluster: str | None, *, exclude: str) -> list[NodeRecord]:
-        return [
-            n
-            for n in self.nodes
-            if n.role == role
-            and n.node_id != exclude
-            and n.state in (NodeState.REGISTERED, NodeState.REGISTERING)
-            and (cluster is None or n.cluster == cluster)
-        ]
-
-    def registered(self, role: str, cluster: str | None) -> list[NodeRecord]:
-        return [
-            n
-            for n in self.nodes
-            if n.role == role
-            and n.state is NodeState.REGISTERED
-            and (cluster is None or n.cluster == cluster)
-        ]
-
-    def is_locked(self, role: str) -> bool:
-        return "*" in self.locked or role in self.locked
-
-
-def view(*nodes: NodeRecord, locked: Iterable[str] = ()) -> FakeView:
-    return FakeView(list(nodes), set(locked))
+def view(*nodes: NodeRecord, locked: Iterable[str] = (), profile: Profile = EUCA) -> NodeIndex:
+    """The daemon's own index (the real StateView), holding ``nodes``."""
+    index = NodeIndex(profile)
+    index.replace_all(nodes)
+    index.set_lockdown(dict.fromkeys(locked, True))
+    return index
 
 
 CLC = Registrar(role="clc", cluster=None, profile=EUCA)
@@ -121,12 +82,12 @@ def test_owns(me: Registrar, role: str, cluster: str | None) -> None:
 def test_not_owned(me: Registrar, role: str, cluster: str | None, why: str) -> None:
     assert owns(me, role, cluster) == why
     decision = decide(node("n0000001", role, cluster), me, view())
-    assert decision == Decision("ignore", why)
+    assert decision == Decision(None, why)
 
 
 def test_ignore_comes_before_everything() -> None:
     locked_view = view(locked=["*"])
-    assert decide(node("n0000001", "nc", "bar"), CC_FOO, locked_view).action == "ignore"
+    assert decide(node("n0000001", "nc", "bar"), CC_FOO, locked_view).state is None
 
 
 # -- reject ----------
@@ -134,13 +95,13 @@ def test_ignore_comes_before_everything() -> None:
 
 def test_cluster_role_without_cluster_is_rejected() -> None:
     decision = decide(node("n0000001", "cc", None), CLC, view())
-    assert decision.action == "reject"
+    assert decision.state is NodeState.REJECTED
     assert "belongs to a cluster but announced none" in decision.reason
 
 
 def test_reject_comes_before_lock() -> None:
     decision = decide(node("n0000001", "sc", None), CLC, view(locked=["*"]))
-    assert decision.action == "reject"
+    assert decision.state is NodeState.REJECTED
 
 
 # -- lock ----------
@@ -149,12 +110,12 @@ def test_reject_comes_before_lock() -> None:
 @pytest.mark.parametrize("scope", ["*", "walrus"])
 def test_lock(scope: str) -> None:
     decision = decide(node("n0000001", "walrus"), CLC, view(locked=[scope]))
-    assert decision == Decision("lock", "lockdown is on for walrus registration")
+    assert decision == Decision(NodeState.LOCKED, "lockdown is on for walrus registration")
 
 
 def test_lock_of_another_role_does_not_apply() -> None:
     decision = decide(node("n0000001", "walrus"), CLC, view(locked=["cc"]))
-    assert decision.action == "register"
+    assert decision.state is NodeState.REGISTERING
 
 
 # -- self-registration ----------
@@ -164,18 +125,20 @@ def test_cc_waits_until_it_is_registered_itself() -> None:
     me = Registrar(role="cc", cluster="foo", profile=EUCA, self_registered=False)
     assert me.needs_self_registration
     decision = decide(node("n0000001", "nc", "foo"), me, view())
-    assert decision == Decision("wait", "waiting for this cc foo to be registered itself")
+    assert decision == Decision(
+        NodeState.WAITING, "waiting for this cc foo to be registered itself"
+    )
 
 
 def test_clc_needs_no_self_registration() -> None:
     me = Registrar(role="clc", cluster=None, profile=EUCA, self_registered=False)
     assert not me.needs_self_registration
-    assert decide(node("n0000001", "walrus"), me, view()).action == "register"
+    assert decide(node("n0000001", "walrus"), me, view()).state is NodeState.REGISTERING
 
 
 def test_lock_comes_before_self_registration() -> None:
     me = Registrar(role="cc", cluster="foo", profile=EUCA, self_registered=False)
-    assert decide(node("n0000001", "nc", "foo"), me, view(locked=["nc"])).action == "lock"
+    assert decide(node("n0000001", "nc", "foo"), me, view(locked=["nc"])).state is NodeState.LOCKED
 
 
 # -- uniqueness ----------
@@ -185,7 +148,7 @@ def test_lock_comes_before_self_registration() -> None:
 def test_unique_cloud_refuses_a_second_walrus(holder_state: NodeState) -> None:
     holder = node("w0000001", "walrus", state=holder_state, name="walrus1")
     decision = decide(node("w0000002", "walrus"), CLC, view(holder))
-    assert decision.action == "refuse"
+    assert decision.state is NodeState.REFUSED
     assert f"a walrus is already {holder_state.value}: walrus1 (w0000001" in decision.reason
     assert "autoreg forget w0000001" in decision.reason
 
@@ -195,35 +158,37 @@ def test_unique_cloud_refuses_a_second_walrus(holder_state: NodeState) -> None:
 )
 def test_nodes_not_holding_a_slot_do_not_count(other_state: NodeState) -> None:
     other = node("w0000001", "walrus", state=other_state)
-    assert decide(node("w0000002", "walrus"), CLC, view(other)).action == "register"
+    assert decide(node("w0000002", "walrus"), CLC, view(other)).state is NodeState.REGISTERING
 
 
 def test_a_registered_node_does_not_block_itself() -> None:
     me_node = node("w0000001", "walrus", state=NodeState.REGISTERING)
-    assert decide(me_node, CLC, view(me_node)).action == "register"
+    assert decide(me_node, CLC, view(me_node)).state is NodeState.REGISTERING
 
 
 def test_unique_cluster_refuses_a_second_cc_in_the_same_cluster() -> None:
     holder = node("c0000001", "cc", "foo", NodeState.REGISTERED)
     decision = decide(node("c0000002", "cc", "foo"), CLC, view(holder))
-    assert decision.action == "refuse"
+    assert decision.state is NodeState.REFUSED
     assert "a cc for cluster foo is already registered" in decision.reason
 
 
 def test_a_cc_in_another_cluster_does_not_count() -> None:
     holder = node("c0000001", "cc", "bar", NodeState.REGISTERED)
-    assert decide(node("c0000002", "cc", "foo"), CLC, view(holder)).action == "register"
+    assert decide(node("c0000002", "cc", "foo"), CLC, view(holder)).state is NodeState.REGISTERING
 
 
 def test_unique_none_allows_many_ncs() -> None:
     others = [node(f"n000000{i}", "nc", "foo", NodeState.REGISTERED) for i in range(3)]
-    assert decide(node("n0000009", "nc", "foo"), CC_FOO, view(*others)).action == "register"
+    assert (
+        decide(node("n0000009", "nc", "foo"), CC_FOO, view(*others)).state is NodeState.REGISTERING
+    )
 
 
 def test_lock_comes_before_refuse() -> None:
     holder = node("w0000001", "walrus", state=NodeState.REGISTERED)
     decision = decide(node("w0000002", "walrus"), CLC, view(holder, locked=["walrus"]))
-    assert decision.action == "lock"
+    assert decision.state is NodeState.LOCKED
 
 
 # -- requirements ----------
@@ -231,7 +196,7 @@ def test_lock_comes_before_refuse() -> None:
 
 def test_sc_waits_for_the_cc_of_its_cluster() -> None:
     decision = decide(node("s0000001", "sc", "foo"), CLC, view())
-    assert decision == Decision("wait", "waiting for cc of cluster foo to be registered")
+    assert decision == Decision(NodeState.WAITING, "waiting for cc of cluster foo to be registered")
 
 
 @pytest.mark.parametrize(
@@ -243,20 +208,20 @@ def test_sc_waits_for_the_cc_of_its_cluster() -> None:
     ],
 )
 def test_sc_requirement_not_satisfied(cc: NodeRecord) -> None:
-    assert decide(node("s0000001", "sc", "foo"), CLC, view(cc)).action == "wait"
+    assert decide(node("s0000001", "sc", "foo"), CLC, view(cc)).state is NodeState.WAITING
 
 
 def test_sc_registered_once_its_cc_is() -> None:
     cc = node("c0000001", "cc", "foo", NodeState.REGISTERED)
     assert decide(node("s0000001", "sc", "foo"), CLC, view(cc)) == Decision(
-        "register", "all requirements met"
+        NodeState.REGISTERING, "all requirements met", ("sc", "foo")
     )
 
 
 def test_refuse_comes_before_wait_for_requirement() -> None:
     other_sc = node("s0000001", "sc", "foo", NodeState.REGISTERED)
     decision = decide(node("s0000002", "sc", "foo"), CLC, view(other_sc))  # no cc at all
-    assert decision.action == "refuse"
+    assert decision.state is NodeState.REFUSED
 
 
 def test_requirement_without_cluster_is_cloud_wide() -> None:
@@ -266,22 +231,23 @@ def test_requirement_without_cluster_is_cloud_wide() -> None:
     me = Registrar(role="clc", cluster=None, profile=profile)
     walrus = node("w0000001", "walrus", state=NodeState.REGISTERED)
     cc = node("c0000001", "cc", "anywhere", NodeState.REGISTERED)
-    assert decide(node("o0000001", "osg"), me, view(walrus)) == Decision(
-        "wait", "waiting for cc to be registered"
+    osg = node("o0000001", "osg")
+    assert decide(osg, me, view(walrus, profile=profile)) == Decision(
+        NodeState.WAITING, "waiting for cc to be registered"
     )
-    assert decide(node("o0000001", "osg"), me, view(cc)).reason == (
+    assert decide(osg, me, view(cc, profile=profile)).reason == (
         "waiting for walrus to be registered"
     )
-    assert decide(node("o0000001", "osg"), me, view(walrus, cc)).action == "register"
+    assert decide(osg, me, view(walrus, cc, profile=profile)).state is NodeState.REGISTERING
 
 
 # -- the whole decision table for a CLC ----------
 
 
 def test_plain_registrations() -> None:
-    assert decide(node("w0000001", "walrus"), CLC, view()).action == "register"
-    assert decide(node("c0000001", "cc", "foo"), CLC, view()).action == "register"
-    assert decide(node("n0000001", "nc", "foo"), CC_FOO, view()).action == "register"
+    assert decide(node("w0000001", "walrus"), CLC, view()).state is NodeState.REGISTERING
+    assert decide(node("c0000001", "cc", "foo"), CLC, view()).state is NodeState.REGISTERING
+    assert decide(node("n0000001", "nc", "foo"), CC_FOO, view()).state is NodeState.REGISTERING
 
 
 def test_custom_profile_registrar_with_cluster_owns_cluster_less_roles() -> None:
@@ -290,4 +256,6 @@ def test_custom_profile_registrar_with_cluster_owns_cluster_less_roles() -> None
     )
     me = Registrar(role="cc", cluster="foo", profile=profile)
     assert owns(me, "agent", None) is None
-    assert decide(node("a0000001", "agent"), me, view()).action == "register"
+    assert decide(node("a0000001", "agent"), me, view(profile=profile)).state is (
+        NodeState.REGISTERING
+    )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -37,16 +36,14 @@ from registration.controller._ssh import (
     load_private_key,
     open_verified,
 )
+from support.prerequisites import prerequisite
 
 SSHD = Path("/usr/sbin/sshd")
 WRONG_FP = "SHA256:" + "A" * 43
 
 pytestmark = [
     pytest.mark.timeout(60),
-    pytest.mark.skipif(
-        not SSHD.exists() or shutil.which("ssh-keygen") is None,
-        reason="needs OpenSSH's sshd and ssh-keygen",
-    ),
+    prerequisite(str(SSHD), "ssh-keygen", reason="needs OpenSSH's sshd and ssh-keygen"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from hypothesis import strategies as st
 from registration import AnnouncementError, ConfigError, KeyMaterialError, load_config
 from registration._sshkeys import PublicKey, parse_public_key
 from registration.controller import _tunnels
-from registration.state import Store, Tunnel
+from registration.state import Tunnel
+from support.sync_store import SyncStore
 
 
 def _config(tmp_path: Path, extra: str = ""):  # type: ignore[no-untyped-def]
@@ -56,9 +58,12 @@ def test_authorized_keys_pin_each_key_to_its_own_ports(tmp_path: Path) -> None:
 
 def test_add_and_remove_tunnel_rewrite_the_keys_file(tmp_path: Path) -> None:
     config = _config(tmp_path)
-    with Store(config.db_path) as store:
-        tunnel, private = _tunnels.add_tunnel(
-            config, store, "n1abc", public_key=None, generate_into=tmp_path / "media"
+    with SyncStore(config.db_path) as sync:
+        store = sync.store
+        tunnel, private = asyncio.run(
+            _tunnels.add_tunnel(
+                config, store, "n1abc", public_key=None, generate_into=tmp_path / "media"
+            )
         )
         assert tunnel.ports == (21000, 21001)
         assert private is not None and private.stat().st_mode & 0o777 == 0o600
@@ -72,7 +77,7 @@ def test_add_and_remove_tunnel_rewrite_the_keys_file(tmp_path: Path) -> None:
         node_conf = tmp_path / "node.conf"
         node_conf.write_text(section)
         assert load_config(node_conf, env={}).callback.listen_ports == (21000, 21001)
-        assert _tunnels.remove_tunnel(config, store, "n1abc")
+        assert asyncio.run(_tunnels.remove_tunnel(config, store, "n1abc"))
         assert (
             "autoreg-callback:n1abc" not in config.controller.callback_authorized_keys.read_text()
         )
@@ -80,9 +85,15 @@ def test_add_and_remove_tunnel_rewrite_the_keys_file(tmp_path: Path) -> None:
 
 def test_add_tunnel_rejects_a_broken_key(tmp_path: Path) -> None:
     config = _config(tmp_path)
-    with Store(config.db_path) as store, pytest.raises(KeyMaterialError):
-        _tunnels.add_tunnel(
-            config, store, "n1abc", public_key="ssh-ed25519 AAAAnotakey", generate_into=None
+    with SyncStore(config.db_path) as sync, pytest.raises(KeyMaterialError):
+        asyncio.run(
+            _tunnels.add_tunnel(
+                config,
+                sync.store,
+                "n1abc",
+                public_key="ssh-ed25519 AAAAnotakey",
+                generate_into=None,
+            )
         )
 
 
@@ -210,14 +221,19 @@ def test_node_id_with_a_newline_never_reaches_authorized_keys(tmp_path: Path) ->
     with pytest.raises(KeyMaterialError, match="must be 4-40 characters"):
         _tunnels.authorized_keys_text([Tunnel(injected, key, (21000,), 0.0)])
     config = _config(tmp_path)
-    with Store(config.db_path) as store:
+    with SyncStore(config.db_path) as sync:
+        store = sync.store
         with pytest.raises(AnnouncementError, match="must be 4-40 characters"):
-            _tunnels.add_tunnel(config, store, injected, public_key=key, generate_into=None)
-        with pytest.raises(AnnouncementError):
-            _tunnels.add_tunnel(
-                config, store, "../../etc/x", public_key=None, generate_into=tmp_path / "media"
+            asyncio.run(
+                _tunnels.add_tunnel(config, store, injected, public_key=key, generate_into=None)
             )
-        assert store.tunnels() == []
+        with pytest.raises(AnnouncementError):
+            asyncio.run(
+                _tunnels.add_tunnel(
+                    config, store, "../../etc/x", public_key=None, generate_into=tmp_path / "media"
+                )
+            )
+        assert sync.tunnels() == []
     assert not config.controller.callback_authorized_keys.exists()
     assert not (tmp_path / "media").exists()
 
@@ -231,10 +247,13 @@ def test_public_key_comment_with_a_newline_stays_on_its_line(tmp_path: Path) -> 
     assert "evil" not in text and "permitopen" not in text
     # and `tunnel add` does not take a key file of more than one line at all
     config = _config(tmp_path)
-    with Store(config.db_path) as store:
+    with SyncStore(config.db_path) as sync:
+        store = sync.store
         with pytest.raises(KeyMaterialError, match="more than one line"):
-            _tunnels.add_tunnel(config, store, "n1abc", public_key=key, generate_into=None)
-        assert store.tunnels() == []
+            asyncio.run(
+                _tunnels.add_tunnel(config, store, "n1abc", public_key=key, generate_into=None)
+            )
+        assert sync.tunnels() == []
 
 
 @pytest.mark.parametrize(
@@ -246,8 +265,10 @@ def test_public_key_with_options_prepended_is_refused(tmp_path: Path, options: s
     with pytest.raises(KeyMaterialError):
         _tunnels.authorized_keys_text([Tunnel("n1abc", key, (21000,), 0.0)])
     config = _config(tmp_path)
-    with Store(config.db_path) as store, pytest.raises(KeyMaterialError):
-        _tunnels.add_tunnel(config, store, "n1abc", public_key=key, generate_into=None)
+    with SyncStore(config.db_path) as sync, pytest.raises(KeyMaterialError):
+        asyncio.run(
+            _tunnels.add_tunnel(config, sync.store, "n1abc", public_key=key, generate_into=None)
+        )
     assert not config.controller.callback_authorized_keys.exists()
 
 

@@ -246,11 +246,11 @@ def test_malformed_announcements_rejected_while_daemon_keeps_serving(
     bad = {
         "v2": (["v=2", *base[1:], "id=badv2"], "unsupported protocol version"),
         "noid": (base, "id: missing"),
-        "badip": ([*base[:3], "ip=999.1.1.1", *base[4:], "id=badip"], "not an IP address"),
+        "badip": ([*base[:3], "ip=999.1.1.1", *base[4:], "id=badip"], "must be an IPv4 or IPv6"),
         "badfp": ([*base[:4], "fp=MD5:00", "state=ready", "id=badfp"], "fp: invalid value"),
         "utf8": ([*base, "id=utf8x", "hex:" + b"name=\xff".hex()], "not valid UTF-8"),
         "bool": ([*base[:4], "fp", "state=ready", "id=boolfp"], "present without a value"),
-        "huge": ([*base, "id=huge", *(f"x{i}=" + "n" * 240 for i in range(6))], "exceeds 1300"),
+        "huge": ([*base, "id=huge", *(f"x{i}=" + "n" * 240 for i in range(6))], "over 1300 bytes"),
     }
     spec = [{"instance": name, "port": 22, "txt": txt} for name, (txt, _) in bad.items()]
     assert other.sshd is not None

@@ -10,6 +10,7 @@ be enabled exactly as ``systemctl enable`` enables them.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import stat
@@ -23,11 +24,11 @@ import pytest
 import yaml
 from medialab import Controller, tool
 
+from registration._admin import build_medium, store_for
 from registration._config import load_config
 from registration._exceptions import ConfigError
-from registration.media import Medium, prepare_medium, render_script, render_seed
+from registration.media import Medium, check_request, render_script, render_seed
 from registration.media._medium import _environment, _heredoc
-from registration.state import Store
 from support.cloudinit import CloudInit, unavailable
 from support.firstboot import make_fresh_root, run_after_install, tree
 
@@ -44,7 +45,7 @@ def root_needed() -> None:
 
 @pytest.fixture
 def prepare(controller: Controller) -> Prepare:
-    """prepare_medium() against the controller's configuration and store, in-process."""
+    """A medium as `autoreg media build` makes it (validated, allocated), in-process."""
 
     def _prepare(**kw: Any) -> Medium:
         config = load_config(controller.conf, env={})
@@ -56,8 +57,13 @@ def prepare(controller: Controller) -> Prepare:
             "callback": False,
         }
         args.update(kw)
-        with Store(config.db_path) as store:
-            return prepare_medium(config, store, **args)
+        request = check_request(config, **args)
+
+        async def build() -> Medium:
+            async with store_for(config) as store:
+                return await build_medium(config, store, request, lambda medium: None)
+
+        return asyncio.run(build())
 
     return _prepare
 

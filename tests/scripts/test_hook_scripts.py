@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import shutil
 import signal
 import socket
 import stat
@@ -22,14 +21,19 @@ from pathlib import Path
 
 import pytest
 
+from support.prerequisites import prerequisite
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
 SSHD = Path("/usr/sbin/sshd")
 
 pytestmark = [
     pytest.mark.timeout(60),
-    pytest.mark.skipif(
-        not all(shutil.which(tool) for tool in ("ssh", "scp", "ssh-keygen")) or not SSHD.exists(),
+    prerequisite(
+        "ssh",
+        "scp",
+        "ssh-keygen",
+        str(SSHD),
         reason="needs the OpenSSH client and server (ssh, scp, ssh-keygen, /usr/sbin/sshd)",
     ),
 ]
@@ -445,7 +449,7 @@ def test_scripts_are_executable(role: str) -> None:
     assert os.access(SCRIPTS / role, os.X_OK)
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+@prerequisite("shellcheck", reason="needs shellcheck (Debian package shellcheck)")
 def test_shellcheck_clean() -> None:
     files = [
         *(str(SCRIPTS / r) for r in ("walrus", "cc", "sc", "nc")),

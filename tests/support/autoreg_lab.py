@@ -19,9 +19,8 @@ from pathlib import Path
 
 from registration.state import Event, NodeRecord, NodeState
 
-from .sync_store import SyncStore
-
 from .netlab import Host, Lab, Proc, Sshd
+from .sync_store import SyncStore
 
 __all__ = ["AutoregLab", "Station", "wait_until"]
 

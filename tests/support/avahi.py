@@ -31,7 +31,6 @@ and no dbus-daemon ever runs in the root namespace.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
@@ -42,9 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from .netlab import Host, Proc
+from .prerequisites import unavailable
 
 __all__ = [
     "Avahi",
@@ -124,10 +122,7 @@ def require_avahi() -> None:
     except ImportError:
         missing.append("dbus-python")
     if missing:
-        reason = f"avahi tests need {', '.join(missing)}"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(f"avahi tests need {', '.join(missing)}")
 
 
 def _which(name: str) -> str | None:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from .prerequisites import unavailable
+
 __all__ = [
     "APT_DEPENDENCIES",
     "CACHE_DIR",
@@ -206,11 +208,6 @@ def ensure_cloud_init(cache: Path = CACHE_DIR) -> CloudInit:
     return ci
 
 
-def unavailable(reason: str) -> None:
-    """Skip outside CI; with CI set the tests must run, so fail."""
-    if os.environ.get("CI"):
-        pytest.fail(f"CI: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,359 @@
+"""The daemon built in-process: reconcile, retry timers, receipts, stop, start failures.
+
+Real store (sqlite in tmp_path), real Daemon and Reconciler; an in-memory
+transport, a fake clock and scripted registrations at their seams.  The netns
+integration tests run the same daemon as a process against real sshd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from registration import load_config
+from registration._config import Config
+from registration._exceptions import AlreadyRunning, StateError, TransportError
+from registration.controller import EXIT_INTERRUPTED, Daemon
+from registration.protocol import Announcement
+from registration.state import (
+    Change,
+    NodeRecord,
+    NodeState,
+    Source,
+    SqliteStore,
+)
+from support.inprocess import FakeClock, MemoryNetwork, MemoryTransport, ScriptedRegistrations
+from support.records import FP, put
+
+S = NodeState
+OTHER_FP = "SHA256:" + "C" * 43
+
+
+def make_config(tmp_path: Path, role: str = "clc", cluster: str | None = None) -> Config:
+    conf = tmp_path / "autoreg.conf"
+    lines = [
+        "[autoreg]",
+        f"state_dir = {tmp_path / 'state'}",
+        f"keys_dir = {tmp_path / 'keys'}",
+        "[node]",
+        f"id = {role}-registrar",
+        "address = 198.18.0.1",
+        "name = registrar",
+        f"receipt_path = {tmp_path / 'receipt.json'}",
+        "poll_interval = 0.05",
+        "[controller]",
+        f"role = {role}",
+        "max_attempts = 3",
+    ]
+    if cluster:
+        lines.insert(lines.index("[controller]"), f"role = {role}\ncluster = {cluster}")
+    conf.write_text("\n".join(lines) + "\n")
+    return load_config(conf, env={})
+
+
+def announcement(node_id: str, role: str, cluster: str | None = None, **kw: Any) -> Announcement:
+    return Announcement(
+        node_id=node_id,
+        role=role,
+        cluster=cluster,
+        ip=kw.pop("ip", "198.18.0.9"),
+        port=22,
+        fingerprint=kw.pop("fingerprint", FP),
+        **kw,
+    )
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, role: str = "clc", cluster: str | None = None) -> None:
+        self.config = make_config(tmp_path, role, cluster)
+        self.network = MemoryNetwork()
+        self.clock = FakeClock()
+        self.script = ScriptedRegistrations()
+        self.transport = MemoryTransport(self.network)
+        self.daemon = Daemon(
+            self.config,
+            transport=self.transport,
+            clock=self.clock,
+            registrations=self._bind,
+        )
+        self.task: asyncio.Task[int] | None = None
+
+    def _bind(self, change: Any, owner: str, clock: Any) -> ScriptedRegistrations:
+        self.script.bind(change, owner, clock)
+        return self.script
+
+    async def __aenter__(self) -> Harness:
+        self.task = asyncio.ensure_future(self.daemon.run())
+        await until(lambda: self.daemon._recon is not None and self.daemon._tasks, "start")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def stop(self) -> int:
+        assert self.task is not None
+        self.daemon.stop()
+        return await asyncio.wait_for(self.task, 20)
+
+    def node(self, node_id: str) -> NodeRecord | None:
+        return self.daemon.reconciler.index.get(node_id)
+
+    async def state(self, node_id: str, *states: NodeState, timeout: float = 5) -> NodeRecord:
+        await until(
+            lambda: (rec := self.node(node_id)) is not None and rec.state in states,
+            lambda: f"{node_id} in {[s.value for s in states]}: {self.node(node_id)}",
+            timeout,
+        )
+        rec = self.node(node_id)
+        assert rec is not None
+        return rec
+
+    async def settle(self) -> None:
+        """Let every task that can run, run (the loop goes idle)."""
+        for _ in range(50):
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.05)
+        for _ in range(50):
+            await asyncio.sleep(0)
+
+
+async def until(
+    predicate: Callable[[], object], what: str | Callable[[], str], timeout: float = 5
+) -> None:
+    """Wait (bounded) for a condition the daemon's own tasks bring about."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
+        await asyncio.sleep(0.01)
+
+
+# -- reconcile --------------------------------------------------------------------------
+
+
+async def test_dependents_wait_then_register_in_order(tmp_path: Path) -> None:
+    async with Harness(tmp_path) as h:
+        h.network.announce(announcement("sc000001", "sc", "foo"))
+        rec = await h.state("sc000001", S.WAITING)
+        assert rec.reason == "waiting for cc of cluster foo to be registered"
+        h.network.announce(announcement("walrus01", "walrus"))
+        await h.state("walrus01", S.REGISTERED)
+        h.network.announce(announcement("cc000001", "cc", "foo", fingerprint=OTHER_FP))
+        await h.state("sc000001", S.REGISTERED)
+        assert h.script.calls.index("cc000001") < h.script.calls.index("sc000001")
+        assert sorted(h.script.calls) == ["cc000001", "sc000001", "walrus01"]
+
+
+async def test_a_second_unique_node_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    async with Harness(tmp_path) as h:
+        h.network.announce(announcement("walrus01", "walrus", name="w1"))
+        await h.state("walrus01", S.REGISTERED)
+        h.network.announce(announcement("walrus02", "walrus", fingerprint=OTHER_FP))
+        rec = await h.state("walrus02", S.REFUSED)
+        assert "a walrus is already registered: w1 (walrus01" in rec.reason
+        assert h.script.calls == ["walrus01"]
+
+
+async def test_nodes_of_other_registrars_are_not_even_stored(tmp_path: Path) -> None:
+    async with Harness(tmp_path) as h:
+        h.network.announce(announcement("nc000001", "nc", "foo"))
+        h.network.announce(announcement("walrus01", "walrus"))
+        await h.state("walrus01", S.REGISTERED)
+        assert await h.daemon.store.get("nc000001") is None
+
+
+async def test_a_retry_waits_for_its_timer(tmp_path: Path) -> None:
+    async with Harness(tmp_path) as h:
+        h.script.script["walrus01"] = ["unreachable", "registered"]
+        h.network.announce(announcement("walrus01", "walrus"))
+        rec = await h.state("walrus01", S.UNREACHABLE)
+        assert rec.next_attempt == h.clock.now + h.script.retry_delay
+        await h.settle()
+        assert h.script.calls == ["walrus01"]  # nothing before the timer
+        h.clock.advance(h.script.retry_delay - 1)
+        await h.settle()
+        assert h.script.calls == ["walrus01"]
+        h.clock.advance(1)
+        await h.state("walrus01", S.REGISTERED)
+        assert h.script.calls == ["walrus01", "walrus01"]
+
+
+async def test_a_receipt_is_resent_every_interval_even_under_churn(tmp_path: Path) -> None:
+    async with Harness(tmp_path) as h:
+        ann = announcement("walrus01", "walrus")
+        h.network.announce(ann)
+        await h.state("walrus01", S.REGISTERED)
+        # still announcing "ready": the receipt got lost.  Re-announcements (here: a
+        # name change every 10 s) must not postpone the re-delivery forever.
+        for i in range(3):
+            h.clock.advance(10)
+            h.network.announce(announcement("walrus01", "walrus", name=f"w{i}"))
+            await h.settle()
+        await until(lambda: h.script.receipts == ["walrus01"], "one re-delivery after 30 s")
+        h.clock.advance(29)
+        await h.settle()
+        assert h.script.receipts == ["walrus01"]
+        h.clock.advance(1)
+        await until(lambda: len(h.script.receipts) == 2, "the second re-delivery")
+        # a node that says it is registered gets none
+        h.network.announce(announcement("walrus01", "walrus", name="w9", state="registered"))
+        await h.settle()
+        h.clock.advance(60)
+        await h.settle()
+        assert len(h.script.receipts) == 2
+
+
+async def test_changes_from_another_process_are_picked_up(tmp_path: Path) -> None:
+    async with Harness(tmp_path) as h:
+        admin = await SqliteStore.open(h.config.db_path, origin="cli:test:1")
+        try:
+            await admin.set_lockdown("walrus", True)
+            await until(lambda: h.daemon.reconciler.index.is_locked("walrus"), "the lockdown")
+            h.network.announce(announcement("walrus01", "walrus"))
+            await h.state("walrus01", S.LOCKED)
+            await admin.set_lockdown("walrus", False)
+            await h.state("walrus01", S.REGISTERED, timeout=10)
+            # a manual registration: the same way in, another source
+            await admin.ingest(
+                announcement("cc000001", "cc", "foo", fingerprint=OTHER_FP),
+                source=Source.MANUAL,
+                instance="cc000001",
+            )
+            await h.state("cc000001", S.REGISTERED, timeout=10)
+        finally:
+            await admin.close()
+
+
+# -- lost races -------------------------------------------------------------------------
+
+
+async def test_a_node_forgotten_while_its_hook_runs_is_not_recreated(tmp_path: Path) -> None:
+    async with Harness(tmp_path) as h:
+        h.script.script["walrus01"] = ["block"]
+        h.network.announce(announcement("walrus01", "walrus"))
+        await asyncio.wait_for(h.script.blocked.wait(), 5)
+        admin = await SqliteStore.open(h.config.db_path, origin="cli:test:1")
+        try:
+            await admin.forget("walrus01", message="forgotten by admin (was registering)")
+        finally:
+            await admin.close()
+        await until(lambda: h.node("walrus01") is None, "the daemon to see the forget")
+        h.script.release.set()
+        await until(lambda: h.script.results, "the outcome")
+        assert h.script.results == [None]  # the compare-and-set refused it
+        await h.settle()
+        assert await h.daemon.store.get("walrus01") is None
+        kinds = [e.kind for e in await h.daemon.store.events(node_id="walrus01")]
+        assert kinds[-1] == "forgotten" and "registered" not in kinds
+
+
+# -- stopping and starting --------------------------------------------------------------
+
+
+async def test_stop_during_a_hook_records_interrupted_and_exits_130(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    await h.__aenter__()
+    h.script.script["walrus01"] = ["block"]
+    h.network.announce(announcement("walrus01", "walrus"))
+    await asyncio.wait_for(h.script.blocked.wait(), 5)
+    assert await h.stop() == EXIT_INTERRUPTED
+    store = await SqliteStore.open(h.config.db_path, readonly=True, origin="t")
+    try:
+        rec = await store.get("walrus01")
+        assert rec is not None and rec.state is S.INTERRUPTED
+        last = (await store.last_events(1))[0]
+        assert "interrupted the hook of walrus01" in last.message
+    finally:
+        await store.close()
+    assert not (h.config.state_dir / "daemon.json").exists()
+
+
+async def test_a_clean_stop_exits_0(tmp_path: Path) -> None:
+    async with Harness(tmp_path) as h:
+        assert (h.config.state_dir / "daemon.json").exists()
+        status = json.loads((h.config.state_dir / "daemon.json").read_text())
+        assert status["store"] == "sqlite" and status["owner"] == h.daemon.owner
+    assert h.task is not None and h.task.result() == 0
+    assert h.script.closed and h.transport.closed
+
+
+async def test_a_failed_start_releases_everything(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.transport.fail_start = TransportError("no mDNS socket")
+    with pytest.raises(TransportError):
+        await h.daemon.run()
+    assert h.daemon._io._pool._shutdown  # type: ignore[attr-defined]
+    assert not (h.config.state_dir / "daemon.json").exists()
+    # the store and its lock were released: a daemon starts on it at once
+    async with Harness(tmp_path) as again:
+        assert again.daemon._locked
+
+
+async def test_a_second_daemon_on_the_same_store_is_refused(tmp_path: Path) -> None:
+    async with Harness(tmp_path) as first:
+        second = Harness(tmp_path)
+        with pytest.raises(AlreadyRunning, match="already runs"):
+            await second.daemon.run()
+        # the refused one touched nothing of the running one's
+        assert (first.config.state_dir / "daemon.json").exists()
+        assert not second.transport.started
+        first.network.announce(announcement("walrus01", "walrus"))
+        await first.state("walrus01", S.REGISTERED)
+        assert second.script.calls == []
+
+
+async def test_recovery_holds_an_interrupted_hook_and_restarts_an_unstarted_one(
+    tmp_path: Path,
+) -> None:
+    config = make_config(tmp_path)
+    store = await SqliteStore.open(config.db_path, origin="dead-daemon")
+    try:  # what a daemon killed mid-registration leaves behind
+        await put(store, "walrus01", S.REGISTERING, role="walrus", cluster=None,
+                  fields={"hook_started": True})  # fmt: skip
+        await put(store, "cc000001", S.REGISTERING, role="cc", fingerprint=OTHER_FP)
+    finally:
+        await store.close()
+    async with Harness(tmp_path) as h:
+        h.network.announce(announcement("cc000001", "cc", "foo", fingerprint=OTHER_FP))
+        rec = await h.state("walrus01", S.INTERRUPTED)
+        assert "autoreg retry walrus01" in rec.reason
+        await h.state("cc000001", S.REGISTERED)
+        assert h.script.calls == ["cc000001"]
+
+
+async def test_a_failing_pass_backs_off_and_logs_one_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with Harness(tmp_path) as h:
+        store = h.daemon.store
+        real_change = store.change
+        failures = {"left": 3}
+
+        async def flaky(node_id: str, change: Change) -> NodeRecord:
+            if failures["left"]:
+                failures["left"] -= 1
+                raise StateError("database is locked")
+            return await real_change(node_id, change)
+
+        store.change = flaky  # type: ignore[method-assign]
+        with caplog.at_level(logging.WARNING):
+            h.network.announce(announcement("walrus01", "walrus"))
+            await until(lambda: failures["left"] == 2, "the first failure")
+            await h.settle()
+            assert failures["left"] == 2  # no busy loop: it waits for its backoff
+            h.clock.advance(0.5)
+            await until(lambda: failures["left"] == 1, "the second attempt")
+            h.clock.advance(1.0)
+            await until(lambda: failures["left"] == 0, "the third attempt")
+            h.clock.advance(2.0)
+            await h.state("walrus01", S.REGISTERED)
+        tracebacks = [r for r in caplog.records if r.exc_info]
+        assert len(tracebacks) == 1
+        assert any("failed again (3 in a row)" in r.getMessage() for r in caplog.records)
+
