@@ -28,7 +28,10 @@ APT_PACKAGES="$APT_PACKAGES python3-oauthlib python3-requests python3-serial"
 APT_PACKAGES="$APT_PACKAGES debhelper dh-python pybuild-plugin-pyproject python3-all"
 APT_PACKAGES="$APT_PACKAGES python3-setuptools python3-wheel python3-build python3-installer"
 APT_PACKAGES="$APT_PACKAGES lintian debootstrap fakeroot git systemd"
-APT_DEBIAN_DEPS="python3-zeroconf python3-paramiko python3-click python3-jinja2 python3-cryptography python3-pycdlib python3-yaml python3-dbus"
+# etcd store tests: a real 3-member etcd 3.4 cluster in namespaces (the server and
+# etcdctl); never started in the root namespace.
+APT_PACKAGES="$APT_PACKAGES etcd-server etcd-client"
+APT_DEBIAN_DEPS="python3-zeroconf python3-paramiko python3-click python3-jinja2 python3-cryptography python3-pycdlib python3-yaml python3-dbus python3-etcd3gw"
 
 missing_packages() {
     for pkg in "$@"; do
@@ -67,6 +70,13 @@ apt_install() {
                 ln -sf /dev/null "/etc/systemd/system/$unit"
             done
             echo "bootstrap: masked avahi-daemon in the root namespace (tests run their own)"
+            ;;
+    esac
+    # Likewise etcd-server enables etcd.service: masked, the tests run their own members.
+    case " $todo " in
+        *" etcd-server "*)
+            ln -sf /dev/null /etc/systemd/system/etcd.service
+            echo "bootstrap: masked etcd in the root namespace (tests run their own)"
             ;;
     esac
     return 0
@@ -112,6 +122,6 @@ print("bootstrap: Debian versions:", "zeroconf", zeroconf.__version__, "paramiko
       paramiko.__version__, "click", click.__version__, "jinja2", jinja2.__version__)
 PY
 else
-    "$venv/bin/python" -m pip install -q -e "${root}[test,dev,avahi]"
+    "$venv/bin/python" -m pip install -q -e "${root}[test,dev,avahi,etcd]"
 fi
 echo "$want" > "$stamp"
