@@ -22,8 +22,9 @@ from typing import Any
 from ._config import Config
 from ._exceptions import AutoregError, ConfigError, KeyMaterialError, NodeNotFound, StateError
 from ._keyfiles import controller_known_hosts_text, keys_show
+from ._netif import local_addresses
 from ._sshkeys import read_public_key
-from .controller import Registrar, add_tunnel, ingest, remove_tunnel
+from .controller import AddressPolicy, Registrar, add_tunnel, ingest, remove_tunnel
 from .media import Medium, MediumRequest, assemble, callback_material
 from .protocol import Announcement
 from .state import (
@@ -118,11 +119,16 @@ async def manual_register(config: Config, store: StateStore, ann: Announcement) 
             f"node {ann.node_id} is already {existing.state.value}; "
             f"`autoreg forget {ann.node_id}` first to register it anew"
         )
+    policy = AddressPolicy(allow=config.controller.allow_addresses, own=local_addresses())
     result = await ingest(
-        store, _registrar(config), ann, source=Source.MANUAL, instance=ann.node_id
+        store, _registrar(config), ann, source=Source.MANUAL, instance=ann.node_id, policy=policy
     )
     if result.not_mine:
         raise AutoregError(f"this registrar does not register it: {result.not_mine}")
+    if result.refused:
+        raise AutoregError(
+            f"{result.refused} (`[controller] allow_addresses` admits such networks)"
+        )
     assert result.absorbed is not None
     return result.absorbed.record
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -84,6 +85,9 @@ class ControllerConfig:
     tunnel_ports_per_node: int = 2
     callback_authorized_keys: Path = Path("/etc/autoreg/callback_authorized_keys")
     sshd_host_key: Path = Path("/etc/ssh/ssh_host_ed25519_key.pub")
+    #: Networks whose addresses a node may announce although they are loopback,
+    #: link-local or otherwise not an ordinary unicast address (empty: none).
+    allow_addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -224,6 +228,16 @@ def _log_level(value: str) -> str:
     return lowered
 
 
+def _networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    out = []
+    for word in _words(value):
+        try:
+            out.append(ipaddress.ip_network(word, strict=False))
+        except ValueError as exc:
+            raise ValueError(f"{word!r} is not a network (e.g. 127.0.0.0/8 or ::1/128)") from exc
+    return tuple(out)
+
+
 def _words(value: str) -> tuple[str, ...]:
     return tuple(w for w in value.replace(",", " ").split() if w)
 
@@ -274,6 +288,7 @@ _SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Parser]]]] = {
         "tunnel_ports_per_node": ("tunnel_ports_per_node", _positive_int),
         "callback_authorized_keys": ("callback_authorized_keys", Path),
         "sshd_host_key": ("sshd_host_key", Path),
+        "allow_addresses": ("allow_addresses", _networks),
     },
     "callback": {
         "controller": ("controller", _opt_str),

@@ -105,6 +105,18 @@ def format_event(event: Event) -> str:
     return f"{_ts(event.ts)}  {kind:<14} {escape_controls(event.message)}"
 
 
+def _contender(raw: str) -> str:
+    """The other announcement of a node in conflict, in one line."""
+    try:
+        other = json.loads(raw)
+        return (
+            f"{other['fingerprint']} at {other['ip']}:{other['port']} "
+            f"({other['source']} {other['instance']})"
+        )
+    except (ValueError, KeyError, TypeError):
+        return raw
+
+
 def format_node_detail(rec: NodeRecord, events: Sequence[Event]) -> str:
     fields = [
         ("id", rec.node_id),
@@ -124,6 +136,12 @@ def format_node_detail(rec: NodeRecord, events: Sequence[Event]) -> str:
         ("last seen", _ts(rec.last_seen)),
         ("registered at", _ts(rec.registered_at)),
     ]
+    if rec.moved is not None:
+        ip, port, name = rec.moved
+        fields.insert(5, ("announces now", f"{ip}:{port}" + (f" as {name}" if name else "")
+                          + " (not verified yet: the address above is used)"))  # fmt: skip
+    if rec.contender:
+        fields.insert(6, ("contender", _contender(rec.contender)))
     width = max(len(k) for k, _ in fields)
     out = [f"{k.rjust(width)}: {escape_controls(v)}" for k, v in fields]
     if events:

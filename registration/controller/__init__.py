@@ -5,7 +5,7 @@ from __future__ import annotations
 from ._daemon import EXIT_INTERRUPTED, Daemon, RegistrationsFactory
 from ._hooks import HookResult, find_hook, run_hook
 from ._index import NodeIndex
-from ._ingest import Ingested, ingest
+from ._ingest import AddressPolicy, Ingested, ingest
 from ._reach import AccessFiles, Reach
 from ._reconciler import Reconciler
 from ._registration import Registration, Registrations
@@ -23,6 +23,7 @@ from ._tunnels import (
 __all__ = [
     "EXIT_INTERRUPTED",
     "AccessFiles",
+    "AddressPolicy",
     "Daemon",
     "Decision",
     "HookResult",

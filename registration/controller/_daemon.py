@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -26,6 +27,8 @@ from .._clock import Clock, SystemClock
 from .._config import Config
 from .._exceptions import AnnouncementError, AutoregError, ConfigError
 from .._files import write_atomic
+from .._netif import local_addresses
+from .._sshkeys import read_public_key
 from .._threads import ThreadLimiter
 from .._version import __version__
 from ..node import NodeIdentity, self_registration_state
@@ -50,7 +53,7 @@ from ..state import (
 )
 from ..transport import Publication, ResolvedService, Transport, create_transport
 from ._hooks import KILL_GRACE
-from ._ingest import Ingested, ingest
+from ._ingest import AddressPolicy, Ingested, ingest
 from ._reconciler import Reconciler
 from ._registration import ChangeFn, Registration, Registrations
 from ._rules import Registrar
@@ -117,6 +120,7 @@ class Daemon:
         self._registrar_state = ""
         self._key: paramiko.PKey | None = None
         self._last_seq = 0
+        self._policy = AddressPolicy(allow=config.controller.allow_addresses)
         self.identity: NodeIdentity | None = None
         self.owner = ""
         self.observer = ""
@@ -139,6 +143,7 @@ class Daemon:
 
     async def start(self) -> None:
         self.identity = NodeIdentity.from_config(self.config, need_host_key=False)
+        self._refresh_own_addresses()
         self.observer = f"{self.role}:{self.identity.node_id}"
         self.owner = f"{self.observer}:{os.getpid()}:{int(self._clock.time())}"
         if self._store is None:
@@ -272,6 +277,18 @@ class Daemon:
     def service_removed(self, name: str) -> None:
         self._spawn(self._on_gone(name))
 
+    def service_unusable(self, name: str, reason: str) -> None:
+        self._spawn(self._on_unusable(name, reason))
+
+    async def _on_unusable(self, name: str, reason: str) -> None:
+        log.warning("rejected announcement %r: %s", name, reason)
+        await self.store.add_event(
+            None,
+            "rejected-announcement",
+            f"rejected announcement {name}: not a usable service name ({reason})",
+            {"name": name, "reason": reason, "field": "instance"},
+        )
+
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run an input handler in the background, keeping a reference until it ends."""
         task = asyncio.ensure_future(coro)
@@ -309,9 +326,20 @@ class Daemon:
             instance=instance,
             observer=self.observer if source is Source.MDNS else "",
             lease=lease,
+            policy=self._policy,
         )
         if result.not_mine:
             log.debug("ignoring %s %s: %s", ann.role, ann.node_id, result.not_mine)
+        elif result.refused:
+            log.warning("rejected announcement %s: %s", instance, result.refused)
+            await self.store.add_event(
+                ann.node_id,
+                "rejected-announcement",
+                f"rejected announcement {instance} of {ann.role} {ann.node_id}: "
+                f"{result.refused}",
+                {"name": instance, "reason": result.refused, "field": "ip",
+                 "announcement": dataclasses.asdict(ann)},
+            )  # fmt: skip
         elif result.absorbed is not None:
             self.reconciler.apply(result.absorbed.record)
         return result
@@ -367,10 +395,17 @@ class Daemon:
             return True
         return await asyncio.to_thread(self_registration_state, self.config.node) is not None
 
+    def _refresh_own_addresses(self) -> None:
+        """Nodes may not announce this registrar's own addresses (they change with DHCP)."""
+        self._policy = AddressPolicy(
+            allow=self.config.controller.allow_addresses, own=local_addresses()
+        )
+
     async def _watch_self(self) -> None:
         """This registrar's own standing, and its announcement (repaired if lost)."""
         while True:
             await asyncio.sleep(self.config.node.poll_interval)
+            self._refresh_own_addresses()
             if self._publication is not None:
                 try:
                     await self._publication.maintain()
@@ -436,6 +471,7 @@ class Daemon:
             state=state,
             cluster=self.cluster,
             name=self.identity.name,
+            fingerprint=self._sshd_fingerprint(),
         )
         if self._publication is None:
             self._publication = Publication(
@@ -447,6 +483,13 @@ class Daemon:
             )
         await self._publication.set(ip=ann.ip, port=ann.port, txt=encode_registrar(ann))
         self._registrar_state = state
+
+    def _sshd_fingerprint(self) -> str | None:
+        """The key callback nodes pin for this registrar's sshd, when it can be read."""
+        try:
+            return read_public_key(self.config.controller.sshd_host_key).fingerprint
+        except AutoregError:
+            return None
 
     def _current_registrar_state(self) -> RegistrarState:
         if not self._self_registered:

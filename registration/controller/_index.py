@@ -1,24 +1,27 @@
-"""The daemon's in-memory index of the store: what ``decide()`` reads, and who a change affects.
+"""The daemon's in-memory index of the store: what ``decide()`` reads, and who a change
+affects.
 
-The store is the authority; the index is rebuilt from it at start and updated
-from every record the daemon writes or the store's change feed reports.  It
-answers the rules' questions (``StateView``) without a store round trip, and
+The store is the authority; the index is rebuilt from it at start and updated from
+every record the daemon writes or the store's change feed reports. It answers the
+rules' questions (``StateView``) without a store round trip, and
 :meth:`NodeIndex.put` says which nodes a change can affect, so a reconcile pass
 re-decides those and no others: the node itself; the nodes of its role when a
-registration slot was taken or freed; the nodes of the roles that require its
-role when its registration came or went; every node of a role whose lockdown
-switch flipped.  ``decide()`` is a pure function of this state, so deciding
-only the affected nodes ends in the same states as deciding all of them
-(``tests/controller/test_index.py`` checks that on random event sequences).
+registration slot was taken or freed; the nodes of the roles that require its role
+when its registration came or went; the nodes that share its host key when its hold
+on the key changed; every node of a role whose lockdown switch flipped. ``decide()``
+is a pure function of this state, so deciding only the affected nodes ends in the
+same states as deciding all of them (``tests/controller/test_index.py`` checks that
+on random event sequences).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from .._profile import Profile
-from ..state import GLOBAL_SCOPE, NodeRecord, NodeState
+from ..state import GLOBAL_SCOPE, PINNED, NodeRecord, NodeState
 
 __all__ = ["NodeIndex"]
 
@@ -30,6 +33,7 @@ class NodeIndex:
         self._profile = profile
         self._nodes: dict[str, NodeRecord] = {}
         self._by_role: dict[str, set[str]] = defaultdict(set)
+        self._by_key: dict[str, set[str]] = defaultdict(set)
         self._lockdown: dict[str, bool] = {}
         # role -> the roles whose nodes wait for it ("sc requires cc": cc -> {sc})
         self._dependents: dict[str, set[str]] = defaultdict(set)
@@ -57,25 +61,34 @@ class NodeIndex:
     def put(self, rec: NodeRecord) -> set[str]:
         """Add or replace ``rec``; the ids of the nodes the change may affect."""
         old = self._nodes.get(rec.node_id)
-        if old is not None and old.role != rec.role:
-            self._by_role[old.role].discard(rec.node_id)
+        if old is not None:
+            self._unlink(old)
         self._nodes[rec.node_id] = rec
-        self._by_role[rec.role].add(rec.node_id)
+        self._link(rec)
         return self._affected(old, rec)
+
+    def _link(self, rec: NodeRecord) -> None:
+        self._by_role[rec.role].add(rec.node_id)
+        self._by_key[rec.fingerprint].add(rec.node_id)
+
+    def _unlink(self, rec: NodeRecord) -> None:
+        self._by_role[rec.role].discard(rec.node_id)
+        self._by_key[rec.fingerprint].discard(rec.node_id)
 
     def remove(self, node_id: str) -> set[str]:
         old = self._nodes.pop(node_id, None)
         if old is None:
             return set()
-        self._by_role[old.role].discard(node_id)
+        self._unlink(old)
         return self._affected(old, None) - {node_id}
 
     def replace_all(self, records: Iterable[NodeRecord]) -> set[str]:
         self._nodes.clear()
         self._by_role.clear()
+        self._by_key.clear()
         for rec in records:
             self._nodes[rec.node_id] = rec
-            self._by_role[rec.role].add(rec.node_id)
+            self._link(rec)
         return set(self._nodes)
 
     def _affected(self, old: NodeRecord | None, new: NodeRecord | None) -> set[str]:
@@ -88,6 +101,9 @@ class NodeIndex:
             for rec in both:
                 for dependent in self._dependents.get(rec.role, ()):
                     out |= self._by_role.get(dependent, set())
+        if _key_claim(old) != _key_claim(new):  # who holds a host key may change
+            for rec in both:
+                out |= self._by_key.get(rec.fingerprint, set())
         return out
 
     # -- lockdown --------------------------------------------------------------------------
@@ -124,6 +140,23 @@ class NodeIndex:
                 return rec
         return None
 
+    def key_holder(self, node: NodeRecord) -> NodeRecord | None:
+        """Another node id that holds ``node``'s host key (one host key is one node).
+
+        A node holds its key while it is pinned (registering, registered,
+        interrupted), or while it is present and announced the key first.
+        """
+        mine = (node.first_seen, node.node_id)
+        for node_id in self._by_key.get(node.fingerprint, ()):
+            other = self._nodes[node_id]
+            if node_id == node.node_id:
+                continue
+            if other.state in PINNED:
+                return other
+            if other.present and (other.first_seen, other.node_id) < mine:
+                return other
+        return None
+
     def has_registered(self, role: str, cluster: str | None) -> bool:
         return any(
             self._nodes[i].state is NodeState.REGISTERED
@@ -137,6 +170,12 @@ class NodeIndex:
 
 def _slot(rec: NodeRecord | None) -> tuple[str, str | None] | None:
     return (rec.role, rec.cluster) if rec is not None and rec.state.holds_slot else None
+
+
+def _key_claim(rec: NodeRecord | None) -> tuple[Any, ...] | None:
+    if rec is None:
+        return None
+    return (rec.fingerprint, rec.state in PINNED, rec.present, rec.first_seen)
 
 
 def _registered(rec: NodeRecord | None) -> tuple[str, str | None] | None:

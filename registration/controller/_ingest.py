@@ -1,29 +1,49 @@
 """One way in: every announcement, whatever its source, enters through :func:`ingest`.
 
 mDNS browsing (the daemon), a manual registration (``autoreg register``), and any
-later source call this one function.  It checks that the node is this
-registrar's business, then hands the announcement to the store, whose ``ingest``
-applies the pure rules of ``state._ingest.absorb`` in one transaction and marks
-the node present for that source and instance.
+later source call this one function. It checks that the node is this registrar's
+business and that its address is one to connect to, then hands the announcement to
+the store, whose ``ingest`` applies the pure rules of ``state._ingest.absorb`` in
+one transaction and marks the node present for that source and instance.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 
-from ..protocol import Announcement
+from ..protocol import Announcement, address_problem
 from ..state import Absorbed, Source, StateStore
 from ._rules import Registrar, owns
 
-__all__ = ["Ingested", "ingest"]
+__all__ = ["AddressPolicy", "Ingested", "ingest"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Ingested:
-    """What became of an announcement: absorbed into a record, or why it was not mine."""
+    """What became of an announcement: absorbed into a record, not mine, or refused."""
 
     absorbed: Absorbed | None
     not_mine: str | None = None
+    refused: str | None = None  # why its address is not one to connect to
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AddressPolicy:
+    """Which announced addresses a registrar connects to (docs/security.md).
+
+    Not loopback, link-local, unspecified or multicast (nor their IPv4-mapped
+    forms) unless ``allow`` admits them; never one of the registrar's own.
+    """
+
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    own: frozenset[str] = frozenset()
+
+    def problem(self, ip: str) -> str | None:
+        problem = address_problem(ip, allow=self.allow)
+        if problem is None and ip in self.own:
+            problem = f"{ip} is one of this registrar's own addresses"
+        return problem
 
 
 async def ingest(
@@ -35,12 +55,16 @@ async def ingest(
     instance: str,
     observer: str = "",
     lease: float | None = None,
+    policy: AddressPolicy | None = None,
 ) -> Ingested:
     """Take in ``ann`` from ``source``; ``me`` None skips the ownership check."""
     if me is not None:
         not_mine = owns(me, ann.role, ann.cluster)
         if not_mine:
             return Ingested(None, not_mine)
+    problem = (policy or AddressPolicy()).problem(ann.ip)
+    if problem:
+        return Ingested(None, refused=f"announced address refused: {problem}")
     absorbed = await store.ingest(
         ann, source=source, instance=instance, observer=observer, lease=lease
     )

@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 #: Seconds before a registered node that still announces ``ready`` gets its
 #: receipt again (it may have missed it, or been reinstalled with the same key).
 RECEIPT_RESEND_INTERVAL: Final = 30.0
+#: Seconds between checks of an address a registered node moved to, when it did not
+#: answer; after MOVE_ATTEMPTS such checks the move is refused.
+MOVE_RETRY_INTERVAL: Final = 30.0
+MOVE_ATTEMPTS: Final = 5
 #: Backoff after a pass that failed (the store is unreachable, say): first, cap.
 PASS_RETRY_INITIAL: Final = 0.5
 PASS_RETRY_MAX: Final = 30.0
@@ -64,6 +68,7 @@ class Reconciler:
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._timers: dict[str, tuple[float, TimerHandle]] = {}
         self._receipt_sent: dict[str, float] = {}
+        self._move_checks: dict[str, tuple[int, float]] = {}  # checks so far, next due
         self._failures = 0
 
     # -- inputs ------------------------------------------------------------------------
@@ -76,6 +81,7 @@ class Reconciler:
         self._mark(self.index.remove(node_id))
         self._cancel_timer(node_id)
         self._receipt_sent.pop(node_id, None)
+        self._move_checks.pop(node_id, None)
 
     def set_lockdown(self, switches: dict[str, bool]) -> None:
         self._mark(self.index.set_lockdown(switches))
@@ -153,7 +159,10 @@ class Reconciler:
             if rec is None or node_id in self._in_flight:
                 continue  # gone, or its registration marks it dirty again when it ends
             if rec.state is NodeState.REGISTERED:
-                self._maybe_resend_receipt(rec, now)
+                if rec.moved is not None:
+                    self._verify_move(rec, now)
+                else:
+                    self._maybe_resend_receipt(rec, now)
                 continue
             if not rec.state.decidable or not rec.present:
                 continue
@@ -255,6 +264,67 @@ class Reconciler:
                 raise
             except Exception:
                 log.exception("re-delivering the receipt of %s crashed", rec.node_id)
+            finally:
+                self._in_flight.pop(rec.node_id, None)
+                self._mark({rec.node_id})
+
+        self._in_flight[rec.node_id] = asyncio.ensure_future(job())
+
+    def _verify_move(self, rec: NodeRecord, now: float) -> None:
+        """A registered node announces another address: adopt it once it presents the
+        registered key; until then the old path stays (docs/security.md)."""
+        moved = rec.moved
+        assert moved is not None
+        checks, due = self._move_checks.get(rec.node_id, (0, 0.0))
+        if now < due:
+            self._arm(rec.node_id, due)
+            return
+
+        async def job() -> None:
+            assert self.registrations is not None
+            try:
+                async with self.slots:
+                    verdict = await self.registrations.verify_move(rec)
+                ip, port, name = moved
+                where = f"{ip}:{port}"
+                if verdict is None and checks + 1 < MOVE_ATTEMPTS:
+                    self._move_checks[rec.node_id] = (
+                        checks + 1,
+                        self._clock.time() + MOVE_RETRY_INTERVAL,
+                    )
+                    return
+                if verdict is None:
+                    message = (
+                        f"{rec.label} did not answer at {where} after {checks + 1} checks: "
+                        f"not adopted; it stays at {rec.ip}:{rec.port}"
+                    )
+                elif verdict:
+                    message = (
+                        f"{rec.label} moved to {where}"
+                        + (f" as {name}" if name != rec.name else "")
+                        + f": it presents the registered key {rec.fingerprint} there"
+                    )
+                else:
+                    message = (
+                        f"{rec.label}: {where} does not present the registered key "
+                        f"{rec.fingerprint}: not adopted (possible spoofing); it stays at "
+                        f"{rec.ip}:{rec.port}"
+                    )
+                self._move_checks.pop(rec.node_id, None)
+                log.log(logging.INFO if verdict else logging.WARNING, "%s", message)
+                fresh = await self._store.settle_move(
+                    rec.node_id,
+                    generation=rec.generation,
+                    moved=moved,
+                    adopt=bool(verdict),
+                    message=message,
+                )
+                if fresh is not None:
+                    self.apply(fresh)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("checking the new address of %s crashed", rec.node_id)
             finally:
                 self._in_flight.pop(rec.node_id, None)
                 self._mark({rec.node_id})

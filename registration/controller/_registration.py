@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -34,7 +35,7 @@ from .._threads import ThreadLimiter
 from ..state import Change, NodeRecord, NodeState, StateStore
 from ._hooks import EXIT_DECLINED, HookResult, find_hook, run_hook
 from ._reach import AccessFiles, Reach
-from ._ssh import VerifiedSession
+from ._ssh import VerifiedSession, open_verified
 
 __all__ = ["ChangeFn", "Registration", "Registrations", "receipt_path_for"]
 
@@ -51,6 +52,10 @@ class Registrations(Protocol):
     async def register(self, rec: NodeRecord) -> NodeRecord | None: ...
 
     async def redeliver_receipt(self, rec: NodeRecord) -> str | None: ...
+
+    async def verify_move(self, rec: NodeRecord) -> bool | None:
+        """Does the address ``rec`` moved to present its registered key?  None: no answer."""
+        ...
 
     def interrupt(self) -> None: ...
 
@@ -266,6 +271,21 @@ class Registration:
         finally:
             session.close()
 
+    async def verify_move(self, rec: NodeRecord) -> bool | None:
+        """Does the address a registered node moved to present its registered key?"""
+        moved = rec.moved
+        assert moved is not None
+        ip, port, _ = moved
+        target = dataclasses.replace(self._reach().target(rec), host=ip, port=port)
+        try:
+            session = await self._io.run(open_verified, target, None)
+        except FingerprintMismatch:
+            return False
+        except SSHError:
+            return None
+        session.close()
+        return True
+
     # -- steps -------------------------------------------------------------------
 
     async def _connect(self, rec: NodeRecord, *, authenticate: bool = True) -> VerifiedSession:
@@ -295,6 +315,15 @@ class Registration:
         try:
             if not session.alive():
                 session = await self._connect(rec)
+            holder = _receipt_holder(await self._io.run(session.read_file, path))
+            if holder not in (None, rec.node_id):
+                # One host key is one node: never overwrite another node's receipt.
+                message = (
+                    f"receipt not delivered: this host already holds the receipt of node "
+                    f"{holder} at {path}; not overwritten (one host key is one node)"
+                )
+                await self._store.add_event(rec.node_id, "receipt", message, {"path": path})
+                return message.removeprefix("receipt not delivered: ")
             await self._io.run(session.write_file, path, data, mode=0o644)
         except SSHError as exc:
             await self._store.add_event(
@@ -400,6 +429,17 @@ class Registration:
             "AUTOREG_ATTEMPT": str(attempt),
             "AUTOREG_RESUMED": "1" if rec.resumed else "0",
         }
+
+
+def _receipt_holder(existing: bytes | None) -> str | None:
+    """Whose receipt a node already holds (None: none, or not one autoreg wrote)."""
+    if existing is None:
+        return None
+    try:
+        holder = json.loads(existing).get("node_id")
+    except (ValueError, AttributeError):
+        return None
+    return holder if isinstance(holder, str) else None
 
 
 def _hook_data(result: HookResult) -> dict[str, Any]:

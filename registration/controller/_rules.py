@@ -1,8 +1,8 @@
 """The decision: which state a node should be in, given everything the registrar knows.
 
 Pure logic over a read-only view of the state (the daemon's in-memory index,
-``_index.NodeIndex``), so every rule (ownership, lockdown, self-registration,
-uniqueness, ordering) is testable without a network.  :func:`decide` returns the
+``_index.NodeIndex``), so every rule (ownership, one host key per node, lockdown,
+self-registration, uniqueness, ordering) is testable without a network.  :func:`decide` returns the
 target state and the reason; the state machine (``state._machine``) says whether
 the move is allowed, and the store applies it by compare-and-set.
 """
@@ -28,6 +28,10 @@ class StateView(Protocol):
         ...
 
     def is_locked(self, role: str) -> bool: ...
+
+    def key_holder(self, node: NodeRecord) -> NodeRecord | None:
+        """Another node id that holds ``node``'s host key (pinned, or announced it first)."""
+        ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -87,6 +91,14 @@ def decide(node: NodeRecord, me: Registrar, view: StateView) -> Decision:
     if spec.has_cluster and not node.cluster:
         return Decision(
             NodeState.REJECTED, f"role {node.role} belongs to a cluster but announced none"
+        )
+    holder = view.key_holder(node)
+    if holder is not None:
+        return Decision(
+            NodeState.REFUSED,
+            f"its host key {node.fingerprint} belongs to {holder.label} at "
+            f"{holder.ip}:{holder.port}, which is {holder.state.value}: one host key is one "
+            f"node (`autoreg forget {holder.node_id}` if that machine now has this id)",
         )
     if view.is_locked(node.role):
         return Decision(NodeState.LOCKED, f"lockdown is on for {node.role} registration")

@@ -178,6 +178,25 @@ class VerifiedSession:
                 f"the proxy could not connect: {_describe(exc)}", host=host, port=port
             ) from exc
 
+    def read_file(self, path: str, *, limit: int = 65536) -> bytes | None:
+        """The first ``limit`` bytes of ``path`` on the node, None when it does not exist."""
+        try:
+            sftp = paramiko.SFTPClient.from_transport(self._transport)
+            if sftp is None:
+                raise SSHError(
+                    "cannot open an SFTP channel", host=self.target.host, port=self.target.port
+                )
+            with contextlib.closing(sftp):
+                try:
+                    with sftp.open(path, "rb") as fh:
+                        return bytes(fh.read(limit))
+                except FileNotFoundError:
+                    return None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SSHError(
+                f"cannot read {path}: {exc}", host=self.target.host, port=self.target.port
+            ) from exc
+
     def write_file(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
         """Write ``path`` on the node atomically (temp file + rename), creating parents."""
         try:

@@ -27,14 +27,16 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from .._config import CallbackConfig, Config
 from .._exceptions import AutoregError, ConfigError
+from .._sshkeys import parse_public_key
+from ..protocol import RegistrarAnnouncement
 from ._discover import discover_registrars
 
-__all__ = ["CallbackService", "ssh_command"]
+__all__ = ["CallbackService", "rank_registrars", "ssh_command"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,7 @@ class CallbackService:
         self._stopping = asyncio.Event()
         self._attempt = 0
         self._port_index = 0
+        self._candidate = 0
 
     def stop(self) -> None:
         self._stopping.set()
@@ -102,15 +105,28 @@ class CallbackService:
                         "no [callback] listen_ports: run `autoreg tunnel add` on "
                         "the controller and copy its [callback] section here"
                     )
-                controller = await self._controller(config)
+                candidates = await self._controllers(config)
             except AutoregError as exc:
                 log.error("cannot call back: %s", exc)
                 ended_stable = False
             else:
+                controller = candidates[self._candidate % len(candidates)]
                 port = ports[self._port_index % len(ports)]
                 started = time.monotonic()
                 outcome = await self._session(config, controller, port)
                 lasted = time.monotonic() - started
+                if outcome == "hostkey":
+                    self._candidate += 1
+                    log.warning(
+                        "the registrar at %s does not present the pinned host key (%s)%s",
+                        controller,
+                        config.callback.known_hosts,
+                        "; trying the next one"
+                        if self._candidate % len(candidates)
+                        else "; no other candidate",
+                    )
+                    if self._candidate % len(candidates):
+                        continue
                 # A session that got its forward may linger on the controller holding
                 # this port (a vanished node's does): next time, the next port.  A
                 # controller that was not reachable at all keeps the port (and the
@@ -127,32 +143,33 @@ class CallbackService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
 
-    async def _controller(self, config: Config) -> str:
+    async def _controllers(self, config: Config) -> list[str]:
+        """Where to call: the configured address, or (``auto``) the registrars that
+        announce themselves, best first (see :func:`rank_registrars`)."""
         configured = config.callback.controller
         if configured and configured != "auto":
-            return configured
+            return [configured]
         if config.node.role is None:
             raise ConfigError("controller = auto needs [node] role to find its registrar")
         spec = config.profile.role(config.node.role)
         wanted = spec.registered_by if spec else None
         found = await discover_registrars(config, timeout=DISCOVER_TIMEOUT)
-        for reg in found:
-            if reg.role == wanted and (reg.cluster in (None, config.node.cluster)):
-                log.info(
-                    "controller found by its announcement: %s %s at %s",
-                    reg.role,
-                    reg.cluster or "",
-                    reg.ip,
-                )
-                return reg.ip
-        raise ConfigError(
-            f"no {wanted} registrar announced itself within {DISCOVER_TIMEOUT}s "
-            "(set [callback] controller)"
+        ranked = rank_registrars(
+            found, role=wanted, cluster=config.node.cluster, pin=_pinned(config)
         )
+        if not ranked:
+            raise ConfigError(
+                f"no {wanted} registrar announced itself within {DISCOVER_TIMEOUT}s "
+                "(set [callback] controller)"
+            )
+        for reg, why in ranked:
+            log.info("registrar candidate %s at %s: %s", reg.node_id, reg.ip, why)
+        return [reg.ip for reg, _ in ranked]
 
     async def _session(self, config: Config, controller: str, port: int) -> str:
         """Run one ssh session to its end: "up" (the forward worked), "refused" (the
-        port is held), or "failed" (no session: unreachable, refused key, …)."""
+        port is held), "hostkey" (not the pinned controller), or "failed" (no session:
+        unreachable, refused key, …)."""
         argv = ssh_command(config, controller, port)
         self._attempt += 1
         log.info(
@@ -196,6 +213,8 @@ class CallbackService:
             log.warning("tunnel on controller port %d ended (ssh exit %s): %s", port, code, why)
         if "up" in seen:
             return "up"
+        if "hostkey" in seen:
+            return "hostkey"
         return "refused" if "refused" in seen else "failed"
 
     @staticmethod
@@ -208,11 +227,54 @@ class CallbackService:
             del tail[:-STDERR_TAIL]
             if _FORWARD_FAILED.search(text):
                 seen.add("refused")
+            if text.startswith("Host key verification failed") or "IDENTIFICATION HAS CHANGED" in (
+                text
+            ):
+                seen.add("hostkey")
             if _FORWARD_OK.search(text):
                 seen.add("up")
                 log.info("tunnel up: controller port %d leads to this node's sshd", port)
             elif text.startswith("Authenticated to"):
                 log.info("%s", text)
+
+
+def rank_registrars(
+    found: Sequence[RegistrarAnnouncement],
+    *,
+    role: str | None,
+    cluster: str | None,
+    pin: str | None,
+) -> list[tuple[RegistrarAnnouncement, str]]:
+    """The registrars of ``role`` (and ``cluster``), best first, each with why it ranks so.
+
+    Active ones before standby or locked ones; among those, the ones that announce
+    the host key this node pins before the others (an impostor's announcement, or a
+    standby, may come first by id).  Announcements are not trusted for the key: the
+    pin is checked by ssh itself, and a registrar that fails it is skipped.
+    """
+
+    def why(reg: RegistrarAnnouncement) -> str:
+        key = (
+            "announces the pinned host key"
+            if pin is not None and reg.fingerprint == pin
+            else "does not announce the pinned host key"
+        )
+        return f"{reg.state}, {key}"
+
+    matching = [reg for reg in found if reg.role == role and reg.cluster in (None, cluster)]
+    matching.sort(
+        key=lambda reg: (reg.state != "active", pin is None or reg.fingerprint != pin, reg.node_id)
+    )
+    return [(reg, why(reg)) for reg in matching]
+
+
+def _pinned(config: Config) -> str | None:
+    """The fingerprint of the controller host key this node pins (None: unreadable)."""
+    try:
+        line = config.callback.known_hosts.read_text(encoding="ascii").split()
+        return parse_public_key(" ".join(line[1:3]), source="known_hosts").fingerprint
+    except (OSError, UnicodeDecodeError, IndexError, AutoregError):
+        return None
 
 
 def _die_with_parent() -> None:

@@ -28,6 +28,9 @@ class _Collector:
     def service_removed(self, name: str) -> None:
         self.found.pop(name, None)
 
+    def service_unusable(self, name: str, reason: str) -> None:
+        log.warning("ignoring registrar announcement %r: %s", name, reason)
+
 
 async def discover_registrars(
     config: Config, *, timeout: float, transport: Transport | None = None

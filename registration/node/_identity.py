@@ -20,9 +20,9 @@ __all__ = ["NodeIdentity", "derive_node_id", "self_registration_state"]
 MACHINE_ID_PATHS: Final = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
 
 
-def derive_node_id(paths: tuple[Path, ...] = MACHINE_ID_PATHS) -> str:
+def derive_node_id(paths: tuple[Path, ...] | None = None) -> str:
     """A stable id from the machine id (hashed: the machine id itself stays private)."""
-    for path in paths:
+    for path in MACHINE_ID_PATHS if paths is None else paths:
         try:
             machine_id = path.read_text(encoding="ascii").strip()
         except (OSError, UnicodeDecodeError):
@@ -99,6 +99,10 @@ def self_registration_state(node: NodeConfig) -> str | None:
         return None
     if not isinstance(receipt, dict):
         return None
-    if node.node_id and receipt.get("node_id") not in (None, node.node_id):
-        return None  # a receipt for another node (copied disk image?) does not count
+    try:
+        mine = node.node_id or derive_node_id()
+    except ConfigError:
+        return None  # no id to compare with: no receipt can be ours
+    if receipt.get("node_id") != mine:
+        return None  # another node's receipt (a copied disk image, a relabelling) never counts
     return f"receipt from {receipt.get('registrar_role', '?')} at {node.receipt_path}"

@@ -129,6 +129,8 @@ class RegistrarAnnouncement:
     state: RegistrarState = "active"
     cluster: str | None = None
     name: str | None = None
+    #: The registrar's sshd host key (what callback nodes pin), when it has one.
+    fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         check_node_id(self.node_id)
@@ -140,6 +142,8 @@ class RegistrarAnnouncement:
             check_cluster(self.cluster)
         if self.name is not None:
             check_name(self.name)
+        if self.fingerprint is not None:
+            check_fingerprint(self.fingerprint)
 
 
 def instance_name(role: str, node_id: str) -> str:
@@ -180,6 +184,8 @@ def encode_registrar(ann: RegistrarAnnouncement) -> dict[str, str]:
         txt["cluster"] = ann.cluster
     if ann.name is not None:
         txt["name"] = ann.name
+    if ann.fingerprint is not None:
+        txt["fp"] = ann.fingerprint
     _check_sizes(txt)
     return txt
 
@@ -217,6 +223,7 @@ def decode_registrar(
         state=_require(txt, "state"),  # type: ignore[arg-type]
         cluster=txt.get("cluster"),
         name=txt.get("name"),
+        fingerprint=txt.get("fp"),
     )
 
 

@@ -101,8 +101,26 @@ class StateStore(Protocol):
     async def change(self, node_id: str, change: Change) -> NodeRecord:
         """Compare-and-set one state change (``_machine.apply_change``) with its event.
 
-        Raises ``LostRace`` when the node changed or vanished since it was read,
-        ``IllegalTransition`` for a change the state table does not allow.
+        Raises ``LostRace`` when the node changed or vanished since it was read, when
+        the change takes a slot (``registering``) while another node holds the same
+        host key (one host key is one node) or, with ``Change.exclusive``, the role's
+        unique slot; ``IllegalTransition`` for a change the state table does not allow.
+        """
+        ...
+
+    async def settle_move(
+        self,
+        node_id: str,
+        *,
+        generation: str,
+        moved: tuple[str, int, str | None],
+        adopt: bool,
+        message: str,
+    ) -> NodeRecord | None:
+        """Adopt (or drop) a pinned node's announced move once it was checked.
+
+        Only while the node still announces exactly ``moved`` on the same row; None
+        otherwise (nothing written).  Adopting clears the recorded SSH path.
         """
         ...
 

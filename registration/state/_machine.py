@@ -50,6 +50,7 @@ class NodeState(enum.StrEnum):
     REGISTERING = "registering"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+    CONFLICT = "conflict"
     REGISTERED = "registered"
 
     @property
@@ -107,24 +108,31 @@ TRAITS: Final[Mapping[NodeState, Traits]] = {
     ),
     S.FAILED: Traits("the hook failed; retried with backoff", decidable=True, retryable=True),
     S.INTERRUPTED: Traits("stopped during its hook: the admin decides", final=True),
+    S.CONFLICT: Traits("two host keys announce this id: the admin picks one", final=True),
     S.REGISTERED: Traits("done, exactly once", holds_slot=True, final=True),
 }
 
 _DECIDED: Final = frozenset({S.WAITING, S.LOCKED, S.REFUSED, S.REJECTED, S.REGISTERING})
+#: Ingestion may find that a second host key announces a node's id: a conflict.
+_CONTESTED: Final = frozenset({S.CONFLICT})
 
 #: from → the states it may move to.  ``None`` is "no row yet".
 TRANSITIONS: Final[Mapping[NodeState | None, frozenset[NodeState]]] = {
     None: frozenset({S.SEEN}),
-    # decide() moves any decidable node; new data or an admin's retry starts it over.
-    S.SEEN: _DECIDED,
-    S.WAITING: _DECIDED | {S.SEEN},
-    S.LOCKED: _DECIDED | {S.SEEN},
-    S.REFUSED: _DECIDED | {S.SEEN},
-    S.UNREACHABLE: _DECIDED | {S.SEEN},
-    S.FAILED: _DECIDED | {S.SEEN},
+    # decide() moves any decidable node; new data or an admin's retry starts it over;
+    # a second key announcing the same id makes it a conflict.
+    S.SEEN: _DECIDED | _CONTESTED,
+    S.WAITING: _DECIDED | _CONTESTED | {S.SEEN},
+    S.LOCKED: _DECIDED | _CONTESTED | {S.SEEN},
+    S.REFUSED: _DECIDED | _CONTESTED | {S.SEEN},
+    S.UNREACHABLE: _DECIDED | _CONTESTED | {S.SEEN},
+    S.FAILED: _DECIDED | _CONTESTED | {S.SEEN},
     # Only new data (another key or address) or the admin's retry reopen these.
-    S.REJECTED: frozenset({S.SEEN}),
+    S.REJECTED: _CONTESTED | {S.SEEN},
     S.INTERRUPTED: frozenset({S.SEEN}),
+    # The admin picks the key (`autoreg forget`, which deletes the row, or an approval
+    # that pins one key); the contender that is left starts over.
+    S.CONFLICT: frozenset({S.SEEN}),
     # The registration's outcome; the same state again marks progress (hook started);
     # SEEN is recovery of a node whose hook never started.
     S.REGISTERING: frozenset(

@@ -41,6 +41,13 @@ class NodeRecord:
     announced_state: str = "ready"
     source: Source = Source.MDNS
     present: bool = True
+    # A pinned node (registering, registered, interrupted) that announces another
+    # address keeps its old one until the new one presents the registered key.
+    moved_ip: str | None = None
+    moved_port: int | None = None
+    moved_name: str | None = None
+    # In a conflict: the other host key that announces this id (JSON, as received).
+    contender: str | None = None
     # What the registrar decided (state changes own these; see _machine.apply_change).
     state: NodeState = NodeState.SEEN
     reason: str = ""
@@ -84,6 +91,13 @@ class NodeRecord:
     @property
     def display_name(self) -> str:
         return self.name or self.node_id
+
+    @property
+    def moved(self) -> tuple[str, int, str | None] | None:
+        """Where the node says it is now, while that is not verified yet."""
+        if self.moved_ip is None or self.moved_port is None:
+            return None
+        return self.moved_ip, self.moved_port, self.moved_name
 
     @property
     def label(self) -> str:

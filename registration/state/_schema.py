@@ -97,6 +97,15 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE events ADD COLUMN origin TEXT NOT NULL DEFAULT '';
     CREATE INDEX nodes_claims ON nodes (claim_owner) WHERE claim_owner IS NOT NULL;
     """,
+    # 4: one host key is one node: look nodes up by key; a pinned node's announced
+    #    move waits for verification; a conflict keeps the other key's announcement.
+    """
+    ALTER TABLE nodes ADD COLUMN moved_ip TEXT;
+    ALTER TABLE nodes ADD COLUMN moved_port INTEGER;
+    ALTER TABLE nodes ADD COLUMN moved_name TEXT;
+    ALTER TABLE nodes ADD COLUMN contender TEXT;
+    CREATE INDEX nodes_fingerprint ON nodes (fingerprint);
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -71,6 +71,10 @@ def _record(row: sqlite3.Row) -> NodeRecord:
         announced_state=row["announced_state"],
         source=Source(row["source"]),
         present=bool(row["present"]),
+        moved_ip=row["moved_ip"],
+        moved_port=row["moved_port"],
+        moved_name=row["moved_name"],
+        contender=row["contender"],
         state=NodeState(row["state"]),
         reason=row["reason"],
         attempts=row["attempts"],
@@ -293,12 +297,19 @@ class _Database:
         now = time.time()
         with self._write() as conn:
             existing = self._get(conn, ann.node_id)
+            others = conn.execute(
+                "SELECT 1 FROM presence WHERE node_id = ? AND (expires IS NULL OR expires > ?) "
+                "AND NOT (source = ? AND instance = ? AND observer = ?) LIMIT 1",
+                (ann.node_id, now, source.value, instance, observer),
+            ).fetchone()
             result = absorb(
                 existing,
                 ann,
                 source=source,
+                instance=instance,
                 now=now,
                 was_present=existing is not None and existing.present,
+                others_present=others is not None,
             )
             self._put(conn, result.record)
             conn.execute(
@@ -362,6 +373,14 @@ class _Database:
                 and rec.claim_owner not in (None, change.owner)
             )
             fresh = apply_change(rec, change, now=now, lease=CLAIM_LEASE, owner_alive=owner_alive)
+            if fresh.state.holds_slot and not change.expect.holds_slot:
+                # One host key is one node: checked in the transaction that takes the slot.
+                keyholder = self._key_holder(conn, fresh.fingerprint, exclude=node_id)
+                if keyholder is not None:
+                    raise LostRace(
+                        f"host key {fresh.fingerprint} is {keyholder.state.value} as "
+                        f"{keyholder.label}"
+                    )
             if change.exclusive is not None:
                 role, cluster = change.exclusive
                 holder = self._slot_holder(conn, role, cluster, exclude=node_id)
@@ -397,6 +416,56 @@ class _Database:
             params["cluster"] = cluster
         rows = list(conn.execute(sql + " LIMIT 1", params))
         return _record(rows[0]) if rows else None
+
+    def _key_holder(
+        self, conn: sqlite3.Connection, fingerprint: str, *, exclude: str
+    ) -> NodeRecord | None:
+        holding = [s.value for s in NodeState if s.holds_slot]
+        params: dict[str, Any] = {"fp": fingerprint, "exclude": exclude, "now": time.time()}
+        params.update({f"s{i}": s for i, s in enumerate(holding)})
+        states = ", ".join(f":s{i}" for i in range(len(holding)))
+        rows = list(
+            conn.execute(
+                f"SELECT *, {_PRESENT} FROM nodes WHERE fingerprint = :fp "  # noqa: S608
+                f"AND node_id != :exclude AND state IN ({states}) LIMIT 1",
+                params,
+            )
+        )
+        return _record(rows[0]) if rows else None
+
+    def settle_move(
+        self,
+        node_id: str,
+        generation: str,
+        moved: tuple[str, int, str | None],
+        adopt: bool,
+        message: str,
+    ) -> NodeRecord | None:
+        with self._write() as conn:
+            rec = self._get(conn, node_id)
+            if rec is None or rec.generation != generation or rec.moved != moved:
+                return None  # forgotten, or it moved again meanwhile: nothing to settle
+            ip, port, name = moved
+            fresh = dataclasses.replace(
+                rec,
+                ip=ip if adopt else rec.ip,
+                port=port if adopt else rec.port,
+                name=name if adopt else rec.name,
+                path=None if adopt else rec.path,
+                moved_ip=None,
+                moved_port=None,
+                moved_name=None,
+            )
+            self._put(conn, fresh)
+            self._event(
+                conn,
+                node_id,
+                "moved" if adopt else "move-refused",
+                fresh.state.value,
+                message,
+                {"to": list(moved), "adopted": adopt},
+            )
+            return fresh
 
     def note_path(self, node_id: str, path: str) -> NodeRecord | None:
         with self._write() as conn:
@@ -687,6 +756,17 @@ class SqliteStore:
 
     async def note_path(self, node_id: str, path: str) -> NodeRecord | None:
         return await self._run(self._db.note_path, node_id, path)
+
+    async def settle_move(
+        self,
+        node_id: str,
+        *,
+        generation: str,
+        moved: tuple[str, int, str | None],
+        adopt: bool,
+        message: str,
+    ) -> NodeRecord | None:
+        return await self._run(self._db.settle_move, node_id, generation, moved, adopt, message)
 
     async def forget(self, node_id: str, *, message: str) -> NodeRecord | None:
         return await self._run(self._db.forget, node_id, message)

@@ -27,6 +27,11 @@ class BrowseListener(Protocol):
 
     def service_removed(self, name: str) -> None: ...
 
+    def service_unusable(self, name: str, reason: str) -> None:
+        """An instance that cannot even be resolved (its name is not a valid DNS-SD
+        name, say); ``name`` is as received: render it escaped."""
+        ...
+
 
 @dataclasses.dataclass(slots=True)
 class Published:

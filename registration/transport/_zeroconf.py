@@ -18,7 +18,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any, Final
 
-from zeroconf import IPVersion, ServiceStateChange
+from zeroconf import BadTypeInNameException, IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from .._exceptions import TransportError
@@ -176,6 +176,15 @@ class _Browser:
         if self._browser is not None:
             await self._browser.async_cancel()
 
+    def _info(self, name: str) -> AsyncServiceInfo | None:
+        """A resolver for ``name``; None (and the listener told why) for a hostile name."""
+        try:
+            return AsyncServiceInfo(self._type, name)
+        except (BadTypeInNameException, ValueError) as exc:
+            self._known.pop(name, None)
+            self._listener.service_unusable(name, str(exc))
+            return None
+
     def _on_change(
         self, zeroconf: Any, service_type: str, name: str, state_change: ServiceStateChange
     ) -> None:
@@ -199,7 +208,9 @@ class _Browser:
         try:
             delay = RESOLVE_BACKOFF
             for attempt in range(1, RESOLVE_ATTEMPTS + 1):
-                info = AsyncServiceInfo(self._type, name)
+                info = self._info(name)
+                if info is None:
+                    return
                 zc = self._aiozc.zeroconf
                 if (
                     info.load_from_cache(zc)
@@ -243,7 +254,9 @@ class _Browser:
             for name in list(self._known):
                 if name in self._resolving:
                     continue
-                info = AsyncServiceInfo(self._type, name)
+                info = self._info(name)
+                if info is None:
+                    continue
                 if info.load_from_cache(self._aiozc.zeroconf):
                     self._deliver(name, info)
                 elif self._known.get(name) is None:

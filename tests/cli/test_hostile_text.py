@@ -9,14 +9,9 @@ clipboard), C1 controls, bidi overrides, and the like.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
-import pty
-import select
-import subprocess
 import sys
-import tty
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -39,6 +34,7 @@ from registration.protocol import Announcement
 from registration.state import Event, NodeRecord, NodeState, Source
 from support.records import write_raw
 from support.sync_store import SyncStore
+from support.terminal import run_on_a_terminal, run_piped
 
 REPO = Path(__file__).resolve().parents[2]
 FP = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s"
@@ -275,36 +271,11 @@ def _env() -> dict[str, str]:
 
 
 def _run_piped(argv: list[str]) -> bytes:
-    result = subprocess.run(argv, capture_output=True, env=_env(), timeout=60, check=False)
-    assert result.returncode == 0, result.stderr
-    return result.stdout + result.stderr
+    return run_piped(argv, _env())
 
 
 def _run_on_a_terminal(argv: list[str]) -> bytes:
-    """stdout and stderr on a pty (raw, so that the bytes arrive as written)."""
-    master, slave = pty.openpty()
-    tty.setraw(slave)
-    try:
-        proc = subprocess.Popen(argv, stdout=slave, stderr=slave, env=_env())
-    finally:
-        os.close(slave)
-    out = io.BytesIO()
-    try:
-        while True:
-            ready, _, _ = select.select([master], [], [], 60)
-            if not ready:
-                break
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            out.write(chunk)
-    finally:
-        os.close(master)
-        assert proc.wait(timeout=60) == 0, out.getvalue()
-    return out.getvalue()
+    return run_on_a_terminal(argv, _env())
 
 
 _C1_UTF8 = [bytes([0xC2, code]) for code in range(0x80, 0xA0)]

@@ -29,7 +29,7 @@ from registration.state import (
     SqliteStore,
 )
 from support.inprocess import FakeClock, MemoryNetwork, MemoryTransport, ScriptedRegistrations
-from support.records import FP, put
+from support.records import fp_for, put
 
 S = NodeState
 OTHER_FP = "SHA256:" + "C" * 43
@@ -64,7 +64,7 @@ def announcement(node_id: str, role: str, cluster: str | None = None, **kw: Any)
         cluster=cluster,
         ip=kw.pop("ip", "198.18.0.9"),
         port=22,
-        fingerprint=kw.pop("fingerprint", FP),
+        fingerprint=kw.pop("fingerprint", fp_for(node_id)),
         **kw,
     )
 
@@ -357,3 +357,136 @@ async def test_a_failing_pass_backs_off_and_logs_one_traceback(
         assert len(tracebacks) == 1
         assert any("failed again (3 in a row)" in r.getMessage() for r in caplog.records)
 
+
+# -- hostile announcements ----------------------------------------------------------------
+
+ATTACKER_FP = "SHA256:" + "E" * 43
+
+
+async def test_relabelling_a_registered_node_is_refused(tmp_path: Path) -> None:
+    async with Harness(tmp_path) as h:
+        h.network.announce(announcement("cc000001", "cc", "foo", name="cc1"))
+        await h.state("cc000001", S.REGISTERED)
+        # the CC's address, port and key, under a new id and another role
+        relabel = announcement("evil0001", "walrus", fingerprint=fp_for("cc000001"))
+        h.network.announce(relabel)
+        rec = await h.state("evil0001", S.REFUSED)
+        assert "belongs to cc cc1 (cc000001)" in rec.reason
+        h.network.announce(announcement("walrus01", "walrus", ip="198.18.0.10"))
+        await h.state("walrus01", S.REGISTERED)  # the real Walrus is not refused
+        assert sorted(h.script.calls) == ["cc000001", "walrus01"]
+        # forgetting the holder frees the key: the relabelled id is then decided anew
+        admin = await SqliteStore.open(h.config.db_path, origin="cli:test:1")
+        try:
+            await admin.forget("cc000001", message="forgotten by admin")
+        finally:
+            await admin.close()
+        # (it is a second Walrus, so it is refused again: for that reason now)
+        await until(
+            lambda: "a walrus is already registered" in h.node("evil0001").reason,  # type: ignore[union-attr]
+            "re-decided",
+        )
+
+
+async def test_a_second_key_for_a_waiting_node_is_a_conflict_and_nothing_registers(
+    tmp_path: Path,
+) -> None:
+    async with Harness(tmp_path) as h:
+        admin = await SqliteStore.open(h.config.db_path, origin="cli:test:1")
+        try:
+            await admin.set_lockdown("walrus", True)
+            await until(lambda: h.daemon.reconciler.index.is_locked("walrus"), "the lockdown")
+            h.network.announce(announcement("walrus01", "walrus"))
+            await h.state("walrus01", S.LOCKED)
+            h.network.raw(  # the attacker's own instance name, the victim's id
+                "walrus-x.evil._autoreg._tcp.local.",
+                22,
+                {b"v": b"1", b"role": b"walrus", b"id": b"walrus01", b"ip": b"198.18.0.66",
+                 b"fp": ATTACKER_FP.encode(), b"state": b"ready"},
+            )  # fmt: skip
+            rec = await h.state("walrus01", S.CONFLICT)
+            assert rec.fingerprint == fp_for("walrus01") and rec.ip == "198.18.0.9"
+            await admin.set_lockdown("walrus", False)
+            await h.settle()
+            rec = await h.state("walrus01", S.CONFLICT)
+            assert h.script.calls == []  # neither key is registered
+            events = [e.kind for e in await h.daemon.store.events(node_id="walrus01")]
+            assert "conflict" in events
+        finally:
+            await admin.close()
+
+
+async def test_another_instances_goodbye_does_not_hide_a_node(tmp_path: Path) -> None:
+    async with Harness(tmp_path) as h:
+        h.script.script["walrus01"] = ["unreachable", "registered"]
+        h.network.announce(announcement("walrus01", "walrus"))
+        await h.state("walrus01", S.UNREACHABLE)
+        evil = "walrus-evil._autoreg._tcp.local."
+        h.network.raw(evil, 22, {b"v": b"1", b"role": b"walrus", b"id": b"walrus01",
+                                 b"ip": b"198.18.0.9", b"fp": fp_for("walrus01").encode(),
+                                 b"state": b"ready"})  # fmt: skip
+        await h.settle()
+        h.network.goodbye(evil, "_autoreg._tcp.local.")
+        await h.settle()
+        rec = h.node("walrus01")
+        assert rec is not None and rec.present  # still announced by its own instance
+        h.clock.advance(h.script.retry_delay)
+        await h.state("walrus01", S.REGISTERED)
+
+
+async def test_a_registered_node_moves_only_to_an_address_with_its_key(tmp_path: Path) -> None:
+    async with Harness(tmp_path) as h:
+        h.network.announce(announcement("walrus01", "walrus", name="w1"))
+        await h.state("walrus01", S.REGISTERED)
+        h.script.move_verdicts = [False]  # the new address presents another key
+        h.network.announce(announcement("walrus01", "walrus", name="w1", ip="198.18.0.66"))
+        await until(lambda: h.script.moves_checked, "the check")
+        await until(lambda: h.node("walrus01").moved is None, "the verdict")  # type: ignore[union-attr]
+        rec = h.node("walrus01")
+        assert rec is not None and rec.ip == "198.18.0.9"
+        last = (await h.daemon.store.last_events(1, node_id="walrus01"))[0]
+        assert last.kind == "move-refused" and "possible spoofing" in last.message
+        # a real move: the new address presents the registered key
+        h.script.move_verdicts = [None, True]  # no answer at first, then verified
+        h.network.announce(announcement("walrus01", "walrus", name="w1", ip="198.18.0.77"))
+        await until(lambda: len(h.script.moves_checked) == 2, "the second check")
+        await h.settle()
+        assert h.node("walrus01").ip == "198.18.0.9"  # type: ignore[union-attr]
+        h.clock.advance(30)
+        await until(lambda: h.node("walrus01").ip == "198.18.0.77", "the move")  # type: ignore[union-attr]
+        assert h.script.calls == ["walrus01"]  # never registered again
+
+
+@pytest.mark.parametrize(
+    ("ip", "why"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("::ffff:127.0.0.1", "IPv4-mapped form of 127.0.0.1"),
+        ("169.254.1.1", "link-local"),
+        ("198.18.0.1", "one of this registrar's own addresses"),
+    ],
+)
+async def test_addresses_that_lead_nowhere_or_home_are_refused(
+    tmp_path: Path, ip: str, why: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        "registration.controller._daemon.local_addresses", lambda: frozenset({"198.18.0.1"})
+    )
+    async with Harness(tmp_path) as h:
+        h.network.announce(announcement("walrus01", "walrus", ip=ip))
+        await h.settle()
+        assert await h.daemon.store.get("walrus01") is None
+        events = await h.daemon.store.events(node_id="walrus01")
+        assert [e.kind for e in events] == ["rejected-announcement"]
+        assert why in events[0].message
+
+
+async def test_allow_addresses_admits_a_network(tmp_path: Path) -> None:
+    conf = tmp_path / "autoreg.conf"
+    h = Harness(tmp_path)
+    conf.write_text(conf.read_text() + "allow_addresses = 127.0.0.0/8\n")
+    h.config = load_config(conf, env={})
+    h.daemon = Daemon(h.config, transport=h.transport, clock=h.clock, registrations=h._bind)
+    async with h:
+        h.network.announce(announcement("walrus01", "walrus", ip="127.0.0.5"))
+        await h.state("walrus01", S.REGISTERED)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from registration._profile import load_profile
 from registration.controller import NodeIndex, Registrar, decide
 from registration.state import Change, LostRace, NodeRecord, NodeState, SqliteStore
-from support.records import FP, OWNER, put
+from support.records import OWNER, fp_for, put
 
 S = NodeState
 EUCA = load_profile("eucalyptus")
@@ -73,7 +73,12 @@ def test_the_index_and_the_store_agree_on_who_holds_a_slot(
 
 def _record(node_id: str, role: str, cluster: str | None) -> NodeRecord:
     return NodeRecord(
-        node_id=node_id, role=role, cluster=cluster, ip="198.18.0.9", port=22, fingerprint=FP
+        node_id=node_id,
+        role=role,
+        cluster=cluster,
+        ip="198.18.0.9",
+        port=22,
+        fingerprint=fp_for(node_id),
     )
 
 

@@ -9,6 +9,7 @@ self-registration > uniqueness > requirements).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from registration._profile import Profile, load_profile
 from registration.controller import Decision, NodeIndex, Registrar, decide, owns
 from registration.state import NodeRecord, NodeState
+from support.records import fp_for
 
 FP = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s"
 EUCA = load_profile("eucalyptus")
@@ -35,7 +37,7 @@ def node(
         name=name,
         ip="198.18.0.9",
         port=22,
-        fingerprint=FP,
+        fingerprint=fp_for(node_id),
         state=state,
     )
 
@@ -259,3 +261,34 @@ def test_custom_profile_registrar_with_cluster_owns_cluster_less_roles() -> None
     assert decide(node("a0000001", "agent"), me, view(profile=profile)).state is (
         NodeState.REGISTERING
     )
+
+
+# -- one host key is one node ----------
+
+
+@pytest.mark.parametrize("holder_state", [NodeState.REGISTERED, NodeState.REGISTERING,
+                                          NodeState.INTERRUPTED])  # fmt: skip
+def test_a_key_held_by_another_node_is_refused_naming_the_holder(holder_state: NodeState) -> None:
+    holder = dataclasses.replace(node("c0000001", "cc", "foo", holder_state, name="cc1"))
+    relabelled = dataclasses.replace(node("w0000009", "walrus"), fingerprint=holder.fingerprint)
+    decision = decide(relabelled, CLC, view(holder))
+    assert decision.state is NodeState.REFUSED
+    assert "belongs to cc cc1 (c0000001)" in decision.reason
+    assert "one host key is one node" in decision.reason
+
+
+def test_the_first_present_announcer_of_a_key_holds_it() -> None:
+    first = dataclasses.replace(node("w0000001", "walrus"), first_seen=1.0)
+    second = dataclasses.replace(node("w0000002", "walrus"), fingerprint=first.fingerprint,
+                                 first_seen=2.0)  # fmt: skip
+    index = view(first, second)
+    assert decide(second, CLC, index).state is NodeState.REFUSED
+    assert decide(first, CLC, index).state is NodeState.REGISTERING
+    gone = dataclasses.replace(first, present=False)
+    assert decide(second, CLC, view(gone, second)).state is NodeState.REGISTERING
+
+
+def test_the_key_rule_comes_before_lockdown() -> None:
+    holder = node("c0000001", "cc", "foo", NodeState.REGISTERED)
+    relabelled = dataclasses.replace(node("w0000009", "walrus"), fingerprint=holder.fingerprint)
+    assert decide(relabelled, CLC, view(holder, locked=["*"])).state is NodeState.REFUSED

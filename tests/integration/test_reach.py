@@ -29,7 +29,6 @@ from support.autoreg_lab import (
     CALLBACK_USER,
     AutoregLab,
     Station,
-    autoreg_argv,
     wait_until,
 )
 
@@ -144,16 +143,7 @@ def autoreg_in(
     station: Station, *args: str, timeout: float = 60, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     """The autoreg CLI, run inside the station's namespace (for commands that dial out)."""
-    station.write_config()
-    r = station.host.run(autoreg_argv("-c", str(station.conf), *args), check=False, timeout=timeout)
-    result = subprocess.CompletedProcess(
-        r.args, r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
-    )
-    if check and r.returncode != 0:
-        raise AssertionError(
-            f"autoreg {' '.join(args)} exited {r.returncode}:\n{result.stdout}\n{result.stderr}"
-        )
-    return result
+    return station.cli_in_ns(*args, timeout=timeout, check=check)
 
 
 def probe_tunnels(

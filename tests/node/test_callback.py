@@ -40,3 +40,37 @@ def test_backoff_grows_is_jittered_bounded_and_resets() -> None:
     assert all(0.5 <= d <= 60.0 for d in delays)
     assert max(delays[-4:]) > 10  # it grew
     assert _next_delay(59.0, 1.0, 60.0, reset=True) <= 1.0  # a stable session starts over
+
+
+# -- controller = auto: which announced registrar to call ----------
+
+from registration.node._callback import rank_registrars  # noqa: E402
+from registration.protocol import RegistrarAnnouncement  # noqa: E402
+
+PIN = "SHA256:" + "P" * 43
+
+
+def _reg(node_id: str, state: str, fp: str | None, role: str = "clc") -> RegistrarAnnouncement:
+    return RegistrarAnnouncement(
+        node_id=node_id, role=role, ip=f"198.18.0.{len(node_id)}", port=22,
+        state=state, fingerprint=fp,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def test_active_registrars_with_the_pinned_key_come_first() -> None:
+    found = [
+        _reg("aaaa-impostor", "active", None),  # first by id, announces no key
+        _reg("bbbb-standby", "standby", PIN),
+        _reg("zzzz-real", "active", PIN),
+        _reg("cccc-cc", "active", PIN, role="cc"),  # another role: not a candidate
+    ]
+    ranked = rank_registrars(found, role="clc", cluster=None, pin=PIN)
+    assert [r.node_id for r, _ in ranked] == ["zzzz-real", "aaaa-impostor", "bbbb-standby"]
+    assert ranked[0][1] == "active, announces the pinned host key"
+    assert ranked[1][1] == "active, does not announce the pinned host key"
+
+
+def test_without_a_readable_pin_state_and_id_decide() -> None:
+    found = [_reg("bbbb", "locked", PIN), _reg("aaaa", "active", None)]
+    ranked = rank_registrars(found, role="clc", cluster=None, pin=None)
+    assert [r.node_id for r, _ in ranked] == ["aaaa", "bbbb"]

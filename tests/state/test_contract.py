@@ -15,23 +15,20 @@ from typing import Any
 import pytest
 
 from registration._exceptions import NodeNotFound, StateError
-from registration.protocol import Announcement
 from registration.state import (
     GLOBAL_SCOPE,
     Change,
     IllegalTransition,
     LostRace,
-    NodeRecord,
     NodeState,
     Source,
     SqliteStore,
     StateStore,
 )
+from support.records import OWNER, ann, put
 
 S = NodeState
-FP = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s"
 OTHER_FP = "SHA256:" + "B" * 43
-OWNER = "clc:test:1"
 
 
 class Backend:
@@ -56,48 +53,6 @@ def store(backend: Backend) -> Iterator[StateStore]:
     opened = asyncio.run(backend.open())
     yield opened
     asyncio.run(opened.close())
-
-
-def ann(node_id: str, **changes: Any) -> Announcement:
-    base: dict[str, Any] = {
-        "node_id": node_id,
-        "role": "nc",
-        "cluster": "foo",
-        "ip": "198.18.0.5",
-        "port": 22,
-        "fingerprint": FP,
-    }
-    base.update(changes)
-    return Announcement(**base)
-
-
-_PATHS: dict[NodeState, list[NodeState]] = {
-    S.SEEN: [],
-    S.WAITING: [S.WAITING],
-    S.LOCKED: [S.LOCKED],
-    S.REFUSED: [S.REFUSED],
-    S.REJECTED: [S.REJECTED],
-    S.REGISTERING: [S.REGISTERING],
-    S.REGISTERED: [S.REGISTERING, S.REGISTERED],
-    S.FAILED: [S.REGISTERING, S.FAILED],
-    S.UNREACHABLE: [S.REGISTERING, S.UNREACHABLE],
-    S.INTERRUPTED: [S.REGISTERING, S.INTERRUPTED],
-}
-
-
-async def put(
-    store: StateStore, node_id: str, state: NodeState = S.SEEN, **fields: Any
-) -> NodeRecord:
-    """A node in ``state``, reached by legal steps only (the contract has no raw writes)."""
-    await store.ingest(ann(node_id, **fields), source=Source.MDNS, instance=f"nc-{node_id}")
-    rec = await store.get(node_id)
-    assert rec is not None
-    for step in _PATHS[state]:
-        rec = await store.change(
-            node_id,
-            Change(expect=rec.state, to=step, reason=f"to {step}", kind=step.value, owner=OWNER),
-        )
-    return rec
 
 
 # -- ingestion and presence ----------
@@ -128,7 +83,9 @@ async def test_the_same_announcement_again_changes_nothing_but_last_seen(store: 
 
 async def test_a_moved_node_is_logged_and_updated(store: StateStore) -> None:
     await put(store, "node0001", S.WAITING)
-    result = await store.ingest(ann("node0001", ip="198.18.0.6"), source=Source.MDNS, instance="x")
+    result = await store.ingest(
+        ann("node0001", ip="198.18.0.6"), source=Source.MDNS, instance="nc-node0001"
+    )
     assert result.outcome == "updated"
     rec = await store.get("node0001")
     assert rec is not None
@@ -498,3 +455,16 @@ async def test_tunnels(store: StateStore) -> None:
     assert await store.tunnel("node0001") is None
     third = await store.allocate_tunnel("node0003", "k", count=1, port_range=(20000, 20003))
     assert third.ports == (20000,)
+
+
+async def test_another_announcer_moving_a_present_node_is_a_conflict(store: StateStore) -> None:
+    await put(store, "node0001", S.WAITING)
+    result = await store.ingest(ann("node0001", ip="198.18.0.66"), source=Source.MDNS,
+                                instance="evil")  # fmt: skip
+    assert result.record.state is S.CONFLICT
+    # once its own announcer said goodbye, the other one is simply the node now
+    await put(store, "node0002", S.WAITING)
+    await store.withdraw(source=Source.MDNS, instance="nc-node0002")
+    moved = await store.ingest(ann("node0002", ip="198.18.0.67"), source=Source.MDNS,
+                               instance="other")  # fmt: skip
+    assert (moved.record.state, moved.record.ip) == (S.WAITING, "198.18.0.67")

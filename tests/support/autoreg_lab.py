@@ -31,6 +31,8 @@ CALLBACK_USER = "nobody"
 #: Seconds between state-store reads while waiting for a node's state.
 POLL = 0.05
 DEFAULT_TIMEOUT = 30.0
+#: CLI commands that open network connections (never from the root namespace).
+_DIALS_OUT = frozenset({"exec", "ssh", "discover", "bootstrap"})
 
 
 def autoreg_argv(*args: str) -> list[str]:
@@ -158,6 +160,13 @@ class Station:
     def cli(
         self, *args: str, check: bool = True, timeout: float = 30
     ) -> subprocess.CompletedProcess[str]:
+        """The autoreg CLI outside the namespaces, for commands that touch only files.
+
+        Commands that dial out must run inside the host's namespace (:meth:`cli_in_ns`):
+        here their traffic would leave the lab.
+        """
+        if args and args[0] in _DIALS_OUT:
+            raise AssertionError(f"`autoreg {args[0]}` dials out: use cli_in_ns()")
         self.write_config()
         result = subprocess.run(
             autoreg_argv("-c", str(self.conf), *args),
@@ -169,6 +178,24 @@ class Station:
         if check and result.returncode != 0:
             raise AssertionError(
                 f"autoreg {' '.join(args)} exited {result.returncode}: {result.stderr}"
+            )
+        return result
+
+    def cli_in_ns(
+        self, *args: str, timeout: float = 60, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """The autoreg CLI inside this station's namespace (for commands that dial out)."""
+        self.write_config()
+        r = self.host.run(autoreg_argv("-c", str(self.conf), *args), check=False, timeout=timeout)
+        result = subprocess.CompletedProcess(
+            r.args,
+            r.returncode,
+            r.stdout.decode(errors="replace"),
+            r.stderr.decode(errors="replace"),
+        )
+        if check and r.returncode != 0:
+            raise AssertionError(
+                f"autoreg {' '.join(args)} exited {r.returncode}:\n{result.stdout}\n{result.stderr}"
             )
         return result
 

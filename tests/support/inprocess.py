@@ -183,6 +183,8 @@ class ScriptedRegistrations:
         self.owner = ""
         self.clock: Any = None
         self.retry_delay = 5.0
+        self.move_verdicts: list[bool | None] = []  # verify_move answers, in order
+        self.moves_checked: list[tuple[str, tuple[str, int, str | None] | None]] = []
 
     def bind(self, change: Callable[[NodeRecord, Change], Any], owner: str, clock: Any) -> None:
         self.change, self.owner, self.clock = change, owner, clock
@@ -246,6 +248,10 @@ class ScriptedRegistrations:
     async def redeliver_receipt(self, rec: NodeRecord) -> str | None:
         self.receipts.append(rec.node_id)
         return None
+
+    async def verify_move(self, rec: NodeRecord) -> bool | None:
+        self.moves_checked.append((rec.node_id, rec.moved))
+        return self.move_verdicts.pop(0) if self.move_verdicts else True
 
     def interrupt(self) -> None:
         self.interrupted = True

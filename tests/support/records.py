@@ -9,6 +9,8 @@ might have left it (hostile text in columns the codec never lets through today).
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from registration.protocol import Announcement
 from registration.state import Change, NodeRecord, NodeState, Source, StateStore
 from registration.state._sqlite import _Database
 
-__all__ = ["FP", "OWNER", "ann", "put", "put_sync", "write_raw"]
+__all__ = ["FP", "OWNER", "ann", "fp_for", "put", "put_sync", "write_raw"]
 
 FP = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s"
 OWNER = "clc:test:1"
@@ -37,6 +39,12 @@ _PATHS: dict[NodeState, list[NodeState]] = {
 }
 
 
+def fp_for(node_id: str) -> str:
+    """A host-key fingerprint of its own for each node id (one host key is one node)."""
+    digest = hashlib.sha256(node_id.encode()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
 def ann(node_id: str, **changes: Any) -> Announcement:
     base: dict[str, Any] = {
         "node_id": node_id,
@@ -44,7 +52,7 @@ def ann(node_id: str, **changes: Any) -> Announcement:
         "cluster": "foo",
         "ip": "198.18.0.5",
         "port": 22,
-        "fingerprint": FP,
+        "fingerprint": fp_for(node_id),
     }
     base.update(changes)
     return Announcement(**base)

@@ -72,6 +72,9 @@ def _driver_main() -> None:  # pragma: no cover - runs in a subprocess
         def service_removed(self, name: str) -> None:
             emit({"event": "removed", "name": name})
 
+        def service_unusable(self, name: str, reason: str) -> None:
+            emit({"event": "unusable", "name": name, "reason": reason})
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
         commands: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
