@@ -24,6 +24,7 @@ from ._exceptions import AutoregError, ConfigError, KeyMaterialError, NodeNotFou
 from ._keyfiles import controller_known_hosts_text, keys_show
 from ._netif import local_addresses
 from ._sshkeys import read_public_key
+from ._trust import create_token, trust_report
 from .controller import AddressPolicy, Registrar, add_tunnel, ingest, remove_tunnel
 from .media import Medium, MediumRequest, assemble, callback_material
 from .protocol import Announcement
@@ -121,7 +122,13 @@ async def manual_register(config: Config, store: StateStore, ann: Announcement) 
         )
     policy = AddressPolicy(allow=config.controller.allow_addresses, own=local_addresses())
     result = await ingest(
-        store, _registrar(config), ann, source=Source.MANUAL, instance=ann.node_id, policy=policy
+        store,
+        _registrar(config),
+        ann,
+        source=Source.MANUAL,
+        instance=ann.node_id,
+        policy=policy,
+        auth="admin",  # typed in by the admin: trusted like an approval
     )
     if result.not_mine:
         raise AutoregError(f"this registrar does not register it: {result.not_mine}")
@@ -218,6 +225,7 @@ async def status_report(config: Config) -> dict[str, Any]:
             report["lockdown"] = await store.lockdown()
             report["schema_version"] = await store.schema_version()
             report["store"] = {"backend": store.backend, "location": store.location}
+            report["trust"] = await trust_report(config, store)
     except StateError as exc:
         report["state_error"] = str(exc)
     key = config.controller_key.with_name(config.controller_key.name + ".pub")
@@ -237,6 +245,7 @@ async def build_medium(
     material = None
     replaced = False
     node_id = request.node.node_id
+    token: tuple[str, str] | None = None
     if request.callback:
         # The pin first: a controller without an sshd host key allocates nothing.
         try:
@@ -258,17 +267,32 @@ async def build_medium(
                 known_hosts=known_hosts,
                 ports=tunnel.ports,
             )
+    if request.with_token:
+        # Zero-touch under the default policy: one registration of this role.
+        joined, _ = await create_token(
+            config,
+            store,
+            roles=[request.node.role],
+            cluster=request.node.cluster,
+            uses=1,
+            ttl=request.token_ttl,
+            description=f"install medium of {request.node.hostname} ({node_id})",
+        )
+        token = (joined.token_id, str(joined))
     medium = assemble(
         config,
         request,
         controller_key=controller_key,
         callback=material,
         replaced_callback_key=replaced,
+        join_token=token,
     )
     try:
         await asyncio.to_thread(write, medium)
     except BaseException:
         if material is not None and not replaced:
             await remove_tunnel(config, store, node_id)
+        if token is not None:
+            await store.revoke_token(token[0])
         raise
     return medium

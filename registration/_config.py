@@ -22,6 +22,7 @@ from ._profile import ROLE_SECTION_PREFIX, Profile, load_profile
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "ENV_OVERRIDES",
+    "TRUST_POLICIES",
     "CallbackConfig",
     "Config",
     "ControllerConfig",
@@ -31,6 +32,9 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/autoreg/autoreg.conf")
+#: How a registrar trusts announcements (docs/security.md): signed ones only, every
+#: node after an approval, or every well-formed one.
+TRUST_POLICIES: Final = ("token", "approve", "open")
 
 #: Environment variables that override single settings (``section.key``).
 ENV_OVERRIDES: Final[Mapping[str, str]] = {
@@ -41,6 +45,7 @@ ENV_OVERRIDES: Final[Mapping[str, str]] = {
     "AUTOREG_PROFILE": "autoreg.profile",
     "AUTOREG_TRANSPORT": "autoreg.transport",
     "AUTOREG_HOOKS_DIR": "controller.hooks_dir",
+    "AUTOREG_TOKEN": "node.token",
 }
 
 
@@ -60,6 +65,9 @@ class NodeConfig:
     registered_when: Path | None = None
     poll_interval: float = 2.0
     probe: bool = False
+    #: A join token (``ID.SECRET``) to sign announcements with; or read from token_file.
+    token: str | None = dataclasses.field(default=None, repr=False)
+    token_file: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -88,6 +96,13 @@ class ControllerConfig:
     #: Networks whose addresses a node may announce although they are loopback,
     #: link-local or otherwise not an ordinary unicast address (empty: none).
     allow_addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: token | approve | open; None: the store's default (token for a new store, open
+    #: for one made by a version without trust).
+    trust: str | None = None
+    #: Unsigned nodes kept waiting for approval at most; beyond, counted not stored.
+    max_pending: int = 1000
+    #: Seconds a signature's timestamp may be off this registrar's clock.
+    signature_window: float = 600.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -221,6 +236,13 @@ def _transport(value: str) -> str:
     return lowered
 
 
+def _trust(value: str) -> str:
+    lowered = value.strip().lower()
+    if lowered not in TRUST_POLICIES:
+        raise ValueError("want " + ", ".join(TRUST_POLICIES))
+    return lowered
+
+
 def _log_level(value: str) -> str:
     lowered = value.strip().lower()
     if lowered not in ("debug", "info", "warning", "error"):
@@ -267,6 +289,8 @@ _SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Parser]]]] = {
         "registered_when": ("registered_when", _opt_path),
         "poll_interval": ("poll_interval", _positive_float),
         "probe": ("probe", _bool),
+        "token": ("token", _opt_str),
+        "token_file": ("token_file", _opt_path),
     },
     "controller": {
         "role": ("role", _opt_str),
@@ -289,6 +313,9 @@ _SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Parser]]]] = {
         "callback_authorized_keys": ("callback_authorized_keys", Path),
         "sshd_host_key": ("sshd_host_key", Path),
         "allow_addresses": ("allow_addresses", _networks),
+        "trust": ("trust", _trust),
+        "max_pending": ("max_pending", _positive_int),
+        "signature_window": ("signature_window", _positive_float),
     },
     "callback": {
         "controller": ("controller", _opt_str),

@@ -22,7 +22,8 @@ __all__ = ["SHIPPED_PROFILES", "Profile", "RoleSpec", "load_profile", "parse_rol
 Uniqueness = Literal["cloud", "cluster", "none"]
 SHIPPED_PROFILES: Final = ("eucalyptus",)
 ROLE_SECTION_PREFIX: Final = "role:"
-_ROLE_KEYS: Final = frozenset({"cluster", "registered_by", "unique", "requires"})
+_ROLE_KEYS: Final = frozenset({"cluster", "registered_by", "unique", "requires", "trust"})
+_TRUST: Final = ("token", "approve", "open")
 _ROLE_NAME_RE: Final = re.compile(r"[a-z][a-z0-9-]{0,15}")
 
 
@@ -35,6 +36,8 @@ class RoleSpec:
     registered_by: str | None = None
     unique: Uniqueness = "none"
     requires: tuple[str, ...] = ()
+    #: token | approve | open for this role; None: the registrar's [controller] trust.
+    trust: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -63,7 +66,8 @@ def load_profile(
     """Load a shipped profile by name, or a profile file by path, then apply overrides.
 
     ``overrides`` are ``[role:NAME]`` sections from the main configuration file;
-    a section there replaces the profile's section of the same name.
+    the keys of a section there override the profile's keys of that role (an empty
+    value clears one), and a section for a new name adds a role.
     """
     if "/" in ref:
         path = Path(ref)
@@ -91,7 +95,7 @@ def load_profile(
         sections[section] = dict(parser[section])
     sources = dict.fromkeys(sections, source)
     for section, values in (overrides or {}).items():
-        sections[section] = values
+        sections[section] = {**sections.get(section, {}), **values}
         sources[section] = overrides_source
     return parse_role_sections(ref, sections, source=source, section_sources=sources)
 
@@ -122,12 +126,16 @@ def parse_role_sections(
         unique = values.get("unique", "none").strip() or "none"
         if unique not in ("cloud", "cluster", "none"):
             raise ConfigError(f"unique = {unique!r}: want cloud, cluster or none", source=where)
+        trust = values.get("trust", "").strip().lower() or None
+        if trust is not None and trust not in _TRUST:
+            raise ConfigError(f"trust = {trust!r}: want {', '.join(_TRUST)}", source=where)
         roles[role] = RoleSpec(
             name=role,
             has_cluster=_parse_bool(values.get("cluster", "no"), where, "cluster"),
             registered_by=values.get("registered_by", "").strip() or None,
             unique=unique,  # type: ignore[arg-type]  # checked above
             requires=tuple(r for r in re.split(r"[,\s]+", values.get("requires", "")) if r),
+            trust=trust,
         )
     _validate(roles, source, sources)
     return Profile(name=name, roles=roles)

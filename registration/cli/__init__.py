@@ -375,10 +375,24 @@ def status(obj: _Ctx, as_json: bool) -> None:
         click.echo("nodes: " + (", ".join(f"{v} {k}" for k, v in sorted(nodes.items())) or "none"))
         locks = [s for s, on in (report.get("lockdown") or {}).items() if on]
         click.echo("lockdown: " + (", ".join("all" if s == "*" else s for s in locks) or "off"))
+        trust = report.get("trust")
+        if trust:
+            roles = "".join(f", {r}: {p}" for r, p in sorted(trust["per_role"].items()))
+            click.echo(
+                f"trust: {trust['policy']} ({trust['source']}){roles}; "
+                f"{trust['pending']} pending, {trust['tokens_valid']} valid token(s), "
+                f"{len(trust['windows'])} install window(s) open"
+            )
+            if trust["policy"] == "open":
+                click.echo(
+                    "  warning: every well-formed announcement of a free role is registered; "
+                    "set [controller] trust = token or approve",
+                    err=True,
+                )
         click.echo(f"controller key: {report['controller_key'] or 'none (autoreg keys init)'}")
 
 
-from . import _media_cmds, _reach_cmds, _steer  # noqa: E402,F401  - they register on ``cli``
+from . import _media_cmds, _reach_cmds, _steer, _trust_cmds  # noqa: E402,F401  - they register on ``cli``
 
 
 def main() -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from .. import _admin, media
 from .._exceptions import AutoregError
 from .._files import write_atomic
+from .._trust import parse_duration
 from . import _Ctx, _errors, cli, pass_ctx, run
 from ._output import emit_json
 
@@ -20,6 +22,13 @@ __all__: list[str] = []
 @cli.group("media")
 def media_group() -> None:
     """Install media: a node's configuration, keys and services on first boot."""
+
+
+def _token_ttl(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
 
 
 def _medium_options(fn: click.decorators.FC) -> click.decorators.FC:
@@ -52,37 +61,31 @@ def _medium_options(fn: click.decorators.FC) -> click.decorators.FC:
             multiple=True,
             help="Debian package cloud-init installs first (e.g. autoreg-node).",
         ),
+        click.option(
+            "--token/--no-token",
+            "with_token",
+            default=True,
+            show_default=True,
+            help="Put a single-use join token for the node's role and cluster on the "
+            "medium: the node registers with no human step under trust = token.",
+        ),
+        click.option(
+            "--token-ttl",
+            default="24h",
+            show_default=True,
+            callback=_token_ttl,
+            help="How long that token is valid (30m, 24h, 7d): until the node boots.",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-def _build(
-    obj: _Ctx,
-    role: str,
-    cluster: str | None,
-    hostname: str | None,
-    node_id: str | None,
-    controller: str,
-    callback: bool,
-    packages: tuple[str, ...],
-    interface: str | None,
-    write: Callable[[media.Medium], None],
-) -> media.Medium:
-    """Validate, allocate, write: a tunnel allocated for it is released if writing fails."""
+def _build(obj: _Ctx, spec: dict[str, Any], write: Callable[[media.Medium], None]) -> media.Medium:
+    """Validate, allocate, write: what was allocated for it is released if writing fails."""
     config = obj.config()
-    request = media.check_request(
-        config,
-        role=role,
-        cluster=cluster,
-        hostname=hostname,
-        node_id=node_id,
-        controller=controller,
-        callback=callback,
-        packages=packages,
-        interface=interface,
-    )
+    request = media.check_request(config, **spec)
 
     async def build() -> media.Medium:
         async with _admin.store_for(config) as store:
@@ -108,26 +111,15 @@ def _build(
     help="Where to write the ISO image.",
 )
 @pass_ctx
-def media_build(
-    obj: _Ctx,
-    role: str,
-    cluster: str | None,
-    hostname: str | None,
-    node_id: str | None,
-    controller: str,
-    callback: bool,
-    packages: tuple[str, ...],
-    interface: str | None,
-    output: Path,
-) -> None:
+def media_build(obj: _Ctx, /, output: Path, **spec: Any) -> None:
     """Write a cloud-init NoCloud seed ISO (label cidata) for one node.
 
-    The image is written with mode 0600: with --callback it holds the node's key.
+    The image is written with mode 0600: it holds the node's join token, and with
+    --callback the node's callback key.
     """
-    args = (role, cluster, hostname, node_id, controller, callback, packages, interface)
     with _errors():
         medium = _build(
-            obj, *args, write=lambda m: media.write_seed_iso(media.render_seed(m), output)
+            obj, spec, write=lambda m: media.write_seed_iso(media.render_seed(m), output)
         )
         click.echo(
             f"wrote {output}: {medium.node.role} {medium.node.hostname} "
@@ -144,27 +136,15 @@ def media_build(
     help="Write here (mode 0700) instead of standard output.",
 )
 @pass_ctx
-def media_script(
-    obj: _Ctx,
-    role: str,
-    cluster: str | None,
-    hostname: str | None,
-    node_id: str | None,
-    controller: str,
-    callback: bool,
-    packages: tuple[str, ...],
-    interface: str | None,
-    output: Path | None,
-) -> None:
+def media_script(obj: _Ctx, /, output: Path | None, **spec: Any) -> None:
     """The same content as an AFTER_INSTALL script (preseed late_command, autoinstall)."""
-    args = (role, cluster, hostname, node_id, controller, callback, packages, interface)
 
     def write(m: media.Medium) -> None:
         if output is not None:
             _write_private(output, media.render_script(m).encode(), 0o700)
 
     with _errors():
-        medium = _build(obj, *args, write=write)
+        medium = _build(obj, spec, write=write)
         if output is None:
             click.echo(media.render_script(medium), nl=False)
             return

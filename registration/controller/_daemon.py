@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ from typing import Any, Final
 
 import paramiko
 
-from .._clock import Clock, SystemClock
+from .._clock import Clock, SystemClock, TimerHandle
 from .._config import Config
 from .._exceptions import AnnouncementError, AutoregError, ConfigError
 from .._files import write_atomic
@@ -40,6 +39,7 @@ from ..protocol import (
     RegistrarState,
     decode_node,
     encode_registrar,
+    verify,
 )
 from ..state import (
     CLAIM_LEASE,
@@ -71,6 +71,9 @@ RegistrationsFactory = Callable[[ChangeFn, str, Clock], Registrations]
 EXIT_INTERRUPTED: Final = 130
 #: Seconds a stopping daemon gives running registrations to record their outcome.
 STOP_GRACE: Final = 2 * KILL_GRACE + 2.0
+#: Seconds between events that say how many unsigned announcements the full approval
+#: queue dropped.
+DROP_REPORT_INTERVAL: Final = 60.0
 #: Backoff after the store's change feed failed: first, cap.
 WATCH_RETRY_INITIAL: Final = 0.5
 WATCH_RETRY_MAX: Final = 30.0
@@ -118,9 +121,19 @@ class Daemon:
         self._self_registered = True
         self._publication: Publication | None = None
         self._registrar_state = ""
+        self._announced_window: str | None = None
         self._key: paramiko.PKey | None = None
         self._last_seq = 0
         self._policy = AddressPolicy(allow=config.controller.allow_addresses)
+        self.trust = config.controller.trust or "token"
+        self.trust_source = "configuration" if config.controller.trust else "default"
+        self._dropped = 0
+        self._admitting: set[str] = set()
+        # Announcements signed with a token this registrar did not know yet (the admin
+        # created it a moment later): checked again as soon as tokens change.
+        self._unverified: dict[str, tuple[Announcement, Source, str, float | None]] = {}
+        self._drop_reported = -DROP_REPORT_INTERVAL
+        self._window_timers: dict[str, TimerHandle] = {}
         self.identity: NodeIdentity | None = None
         self.owner = ""
         self.observer = ""
@@ -176,7 +189,9 @@ class Daemon:
         recon.registrations = self._registrations
         await self._recover()
         self._self_registered = await self._check_self_registered()
+        await self._load_trust_default()
         await recon.load()
+        self._arm_windows()
         if self._transport is None:
             # `auto` asks D-Bus whether avahi-daemon answers: blocking, so in a thread.
             self._transport = await asyncio.to_thread(create_transport, self.config)
@@ -188,7 +203,8 @@ class Daemon:
             f"registrar {self.role}"
             + (f" of cluster {self.cluster}" if self.cluster else "")
             + f" started (autoreg {__version__}, pid {os.getpid()}, "
-            f"transport {self._transport.name}, store {store.backend} {store.location})"
+            f"transport {self._transport.name}, store {store.backend} {store.location}, "
+            f"trust {self.trust} from {self.trust_source})"
             + (
                 ""
                 if self._self_registered
@@ -196,6 +212,8 @@ class Daemon:
             ),
         )
         log.info("registrar %s started; browsing %s", self.role, NODE_SERVICE_TYPE)
+        if self.trust == "open":
+            log.warning("trust = open (%s): %s", self.trust_source, _OPEN_WARNING)
         self._tasks = [
             asyncio.ensure_future(recon.run()),
             asyncio.ensure_future(self._watch_store()),
@@ -214,6 +232,9 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        for handle in self._window_timers.values():
+            handle.cancel()
+        self._window_timers.clear()
         if self._recon is not None:
             interrupted = await self._recon.drain(STOP_GRACE)
             self._interrupted = [r.node_id for r in interrupted]
@@ -267,7 +288,27 @@ class Daemon:
         return self._key
 
     def _registrar(self) -> Registrar:
-        return Registrar(self.role, self.cluster, self.config.profile, self._self_registered)
+        return Registrar(
+            self.role,
+            self.cluster,
+            self.config.profile,
+            self._self_registered,
+            trust=self.trust,
+            now=self._clock.time(),
+        )
+
+    async def _load_trust_default(self) -> None:
+        """[controller] trust, else the store's default (``open`` for a store made by a
+        version without trust: an upgrade keeps registering as before)."""
+        if self.config.controller.trust:
+            return
+        default = await self.store.setting("trust_default")
+        self.trust = default or "token"
+        self.trust_source = (
+            "the store's default, kept from a version without trust (set [controller] trust)"
+            if default == "open"
+            else "the default"
+        )
 
     # -- inputs (BrowseListener, and the one way in) ---------------------------------
 
@@ -314,10 +355,83 @@ class Daemon:
             return
         await self.ingest(ann, source=Source.MDNS, instance=service.name)
 
+    def _authenticate(self, ann: Announcement) -> tuple[str, str | None]:
+        """How ``ann`` is signed, checked now against the tokens this registrar knows."""
+        claim = ann.signature
+        if claim is None:
+            return "", None
+        token = self.reconciler.index.token(claim.token_id)
+        if token is None:
+            return f"unverified: token {claim.token_id} is not known here", claim.token_id
+        why = verify(
+            claim,
+            token.key,
+            now=self._clock.time(),
+            window=self.config.controller.signature_window,
+        )
+        return (f"bad: {why}" if why else "signed"), claim.token_id
+
+    def _untrusted_newcomer(self, ann: Announcement, auth: str) -> bool:
+        """An unknown node that could only wait for an approval."""
+        index = self.reconciler.index
+        if auth == "signed" or ann.node_id in index:
+            return False
+        me = self._registrar()
+        return me.policy(ann.role) != "open" and index.window(ann.role, me.now) is None
+
+    def _queue_full(self) -> bool:
+        index = self.reconciler.index
+        # Newcomers not decided yet, or still being stored, count too: a burst arrives
+        # faster than decisions.
+        waiting = index.count(NodeState.PENDING) + index.count(NodeState.SEEN)
+        return waiting + len(self._admitting) >= self.config.controller.max_pending
+
+    async def _count_dropped(self) -> None:
+        self._dropped += 1
+        now = self._clock.time()
+        if now - self._drop_reported < DROP_REPORT_INTERVAL:
+            return
+        dropped, self._dropped, self._drop_reported = self._dropped, 0, now
+        message = (
+            f"approval queue full ({self.config.controller.max_pending} pending, "
+            f"[controller] max_pending): {dropped} unsigned announcement(s) dropped, not stored; "
+            "approve or deny pending nodes, or give nodes tokens"
+        )
+        log.warning("%s", message)
+        await self.store.add_event(None, "pending-full", message, {"dropped": dropped})
+
     async def ingest(
         self, ann: Announcement, *, source: Source, instance: str, lease: float | None = None
+    ) -> Ingested | None:
+        """Take in one announcement from any source (the one way in); None when the full
+        approval queue dropped it."""
+        auth, token_id = self._authenticate(ann)
+        newcomer = self._untrusted_newcomer(ann, auth)
+        if newcomer:
+            if self._queue_full():
+                await self._count_dropped()
+                return None
+            self._admitting.add(ann.node_id)
+        if auth.startswith("unverified:"):
+            if len(self._unverified) < self.config.controller.max_pending:
+                self._unverified[ann.node_id] = (ann, source, instance, lease)
+        else:
+            self._unverified.pop(ann.node_id, None)
+        try:
+            return await self._ingest(ann, source, instance, lease, auth, token_id)
+        finally:
+            if newcomer:
+                self._admitting.discard(ann.node_id)
+
+    async def _ingest(
+        self,
+        ann: Announcement,
+        source: Source,
+        instance: str,
+        lease: float | None,
+        auth: str,
+        token_id: str | None,
     ) -> Ingested:
-        """Take in one announcement from any source (the one way in)."""
         result = await ingest(
             self.store,
             self._registrar(),
@@ -327,6 +441,8 @@ class Daemon:
             observer=self.observer if source is Source.MDNS else "",
             lease=lease,
             policy=self._policy,
+            auth=auth,
+            token_id=token_id,
         )
         if result.not_mine:
             log.debug("ignoring %s %s: %s", ann.role, ann.node_id, result.not_mine)
@@ -338,7 +454,7 @@ class Daemon:
                 f"rejected announcement {instance} of {ann.role} {ann.node_id}: "
                 f"{result.refused}",
                 {"name": instance, "reason": result.refused, "field": "ip",
-                 "announcement": dataclasses.asdict(ann)},
+                 "announcement": ann.summary()},
             )  # fmt: skip
         elif result.absorbed is not None:
             self.reconciler.apply(result.absorbed.record)
@@ -427,7 +543,9 @@ class Daemon:
                 async for batch in self.store.watch(after=self._last_seq):
                     for event in batch:
                         self._last_seq = event.seq
-                        if event.origin != self.owner:
+                        # Our own node changes are in the index already; a token or a
+                        # window changes under our own registrations too (uses, seals).
+                        if event.origin != self.owner or event.kind in ("token", "window"):
                             await self._external(event)
                     failures = 0
             except AutoregError as exc:
@@ -440,8 +558,46 @@ class Daemon:
         if event.kind == "lockdown":
             self.reconciler.set_lockdown(await self.store.lockdown())
             await self._update_announcement()  # "locked" even when no node is affected
-        elif event.node_id is not None:
+            return
+        if event.kind in ("token", "window", "deny"):
+            await self.reconciler.load_trust()
+            self._arm_windows()
+            await self._update_announcement()
+            if event.kind == "token":
+                await self._verify_again()
+        elif event.kind == "setting":
+            await self._load_trust_default()
+            self.reconciler.mark_all()
+            self._write_status()
+        if event.node_id is not None and event.origin != self.owner:
             await self.reconciler.reload(event.node_id)
+
+    async def _verify_again(self) -> None:
+        """Announcements whose token was unknown: take them in again now."""
+        known = self.reconciler.index.tokens
+        for node_id, (ann, source, instance, lease) in list(self._unverified.items()):
+            if ann.signature is not None and ann.signature.token_id in known:
+                del self._unverified[node_id]
+                await self.ingest(ann, source=source, instance=instance, lease=lease)
+
+    def _arm_windows(self) -> None:
+        """Close each open install window when its time runs out (with an event)."""
+        for window in self.reconciler.index.windows:
+            if window.closed is not None or window.window_id in self._window_timers:
+                continue
+
+            def expire(scope: str = window.scope, ident: str = window.window_id) -> None:
+                self._window_timers.pop(ident, None)
+                self._spawn(self._expire_window(scope))
+
+            delay = window.expires - self._clock.time()
+            self._window_timers[window.window_id] = self._clock.call_later(delay, expire)
+
+    async def _expire_window(self, scope: str) -> None:
+        closed = await self.store.close_windows(scope, reason="its time ran out")
+        if closed:
+            await self.reconciler.load_trust()
+            await self._update_announcement()
 
     async def _renew_claims(self) -> None:
         """Keep this registrar's claims alive while it works on them."""
@@ -472,6 +628,7 @@ class Daemon:
             cluster=self.cluster,
             name=self.identity.name,
             fingerprint=self._sshd_fingerprint(),
+            window=self._window_open(),
         )
         if self._publication is None:
             self._publication = Publication(
@@ -483,6 +640,7 @@ class Daemon:
             )
         await self._publication.set(ip=ann.ip, port=ann.port, txt=encode_registrar(ann))
         self._registrar_state = state
+        self._announced_window = ann.window
 
     def _sshd_fingerprint(self) -> str | None:
         """The key callback nodes pin for this registrar's sshd, when it can be read."""
@@ -490,6 +648,14 @@ class Daemon:
             return read_public_key(self.config.controller.sshd_host_key).fingerprint
         except AutoregError:
             return None
+
+    def _window_open(self) -> str | None:
+        """The scope of an install window open now (``*`` or a role), for the announcement."""
+        if self._recon is None:
+            return None
+        now = self._clock.time()
+        scopes = sorted(w.scope for w in self._recon.index.windows if w.is_open(now))
+        return scopes[0] if scopes else None
 
     def _current_registrar_state(self) -> RegistrarState:
         if not self._self_registered:
@@ -504,9 +670,9 @@ class Daemon:
         )
 
     async def _update_announcement(self) -> None:
-        if (
-            self._publication is not None
-            and self._current_registrar_state() != self._registrar_state
+        if self._publication is not None and (
+            self._current_registrar_state() != self._registrar_state
+            or self._window_open() != self._announced_window
         ):
             await self._announce_self()
             self._write_status()
@@ -524,6 +690,9 @@ class Daemon:
             "interfaces": list(self.config.interfaces),
             "self_registered": self._self_registered,
             "registrar_state": self._registrar_state or self._current_registrar_state(),
+            "trust": self.trust,
+            "trust_source": self.trust_source,
+            "window": self._window_open(),
             "updated": self._clock.time(),
         }
         write_atomic(
@@ -532,6 +701,13 @@ class Daemon:
             mode=0o644,
             durable=False,
         )
+
+
+_OPEN_WARNING: Final = (
+    "every well-formed announcement of a free role is registered, signed or not; "
+    "set [controller] trust = token (signed announcements, `autoreg token create`) "
+    "or approve (every node waits for `autoreg approve`)"
+)
 
 
 def _printable_txt(properties: Any) -> dict[str, str | None]:

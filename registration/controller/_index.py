@@ -16,12 +16,12 @@ on random event sequences).
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from .._profile import Profile
-from ..state import GLOBAL_SCOPE, PINNED, NodeRecord, NodeState
+from ..state import GLOBAL_SCOPE, PINNED, NodeRecord, NodeState, Token, Window
 
 __all__ = ["NodeIndex"]
 
@@ -34,7 +34,11 @@ class NodeIndex:
         self._nodes: dict[str, NodeRecord] = {}
         self._by_role: dict[str, set[str]] = defaultdict(set)
         self._by_key: dict[str, set[str]] = defaultdict(set)
+        self._counts: Counter[NodeState] = Counter()
         self._lockdown: dict[str, bool] = {}
+        self._tokens: dict[str, Token] = {}
+        self._windows: list[Window] = []
+        self._denied: dict[str, str] = {}
         # role -> the roles whose nodes wait for it ("sc requires cc": cc -> {sc})
         self._dependents: dict[str, set[str]] = defaultdict(set)
         for spec in profile.roles.values():
@@ -70,10 +74,12 @@ class NodeIndex:
     def _link(self, rec: NodeRecord) -> None:
         self._by_role[rec.role].add(rec.node_id)
         self._by_key[rec.fingerprint].add(rec.node_id)
+        self._counts[rec.state] += 1
 
     def _unlink(self, rec: NodeRecord) -> None:
         self._by_role[rec.role].discard(rec.node_id)
         self._by_key[rec.fingerprint].discard(rec.node_id)
+        self._counts[rec.state] -= 1
 
     def remove(self, node_id: str) -> set[str]:
         old = self._nodes.pop(node_id, None)
@@ -86,6 +92,7 @@ class NodeIndex:
         self._nodes.clear()
         self._by_role.clear()
         self._by_key.clear()
+        self._counts.clear()
         for rec in records:
             self._nodes[rec.node_id] = rec
             self._link(rec)
@@ -126,6 +133,56 @@ class NodeIndex:
     @property
     def lockdown(self) -> Mapping[str, bool]:
         return self._lockdown
+
+    # -- trust -----------------------------------------------------------------------------
+
+    def set_tokens(self, tokens: Iterable[Token]) -> set[str]:
+        """Replace the tokens; the nodes that announce one whose standing changed."""
+        old, self._tokens = self._tokens, {t.token_id: t for t in tokens}
+        changed = {i for i in set(old) | set(self._tokens) if old.get(i) != self._tokens.get(i)}
+        return {r.node_id for r in self._nodes.values() if r.token_id in changed}
+
+    def set_windows(self, windows: Iterable[Window]) -> set[str]:
+        """Replace the install windows; the nodes of every role a changed one covers."""
+        old, self._windows = self._windows, list(windows)
+        changed = set(old) ^ set(self._windows)
+        if any(w.scope == GLOBAL_SCOPE for w in changed):
+            return set(self._nodes)
+        out: set[str] = set()
+        for window in changed:
+            out |= self._by_role.get(window.scope, set())
+        return out
+
+    def set_denied(self, denied: Mapping[str, str]) -> set[str]:
+        """Replace the denied host keys; the nodes announcing a key whose standing changed."""
+        old, self._denied = self._denied, dict(denied)
+        out: set[str] = set()
+        for fingerprint in set(old) ^ set(self._denied):
+            out |= self._by_key.get(fingerprint, set())
+        return out
+
+    def token(self, token_id: str) -> Token | None:
+        return self._tokens.get(token_id)
+
+    def window(self, role: str, now: float) -> Window | None:
+        for window in self._windows:
+            if window.covers(role) and window.is_open(now):
+                return window
+        return None
+
+    @property
+    def windows(self) -> list[Window]:
+        return list(self._windows)
+
+    @property
+    def tokens(self) -> Mapping[str, Token]:
+        return self._tokens
+
+    def denied(self, fingerprint: str) -> str | None:
+        return self._denied.get(fingerprint)
+
+    def count(self, state: NodeState) -> int:
+        return self._counts[state]
 
     # -- StateView ----------------------------------------------------------------------
 

@@ -56,6 +56,8 @@ async def ingest(
     observer: str = "",
     lease: float | None = None,
     policy: AddressPolicy | None = None,
+    auth: str = "",
+    token_id: str | None = None,
 ) -> Ingested:
     """Take in ``ann`` from ``source``; ``me`` None skips the ownership check."""
     if me is not None:
@@ -66,6 +68,12 @@ async def ingest(
     if problem:
         return Ingested(None, refused=f"announced address refused: {problem}")
     absorbed = await store.ingest(
-        ann, source=source, instance=instance, observer=observer, lease=lease
+        ann,
+        source=source,
+        instance=instance,
+        observer=observer,
+        lease=lease,
+        auth=auth,
+        token_id=token_id,
     )
     return Ingested(absorbed)

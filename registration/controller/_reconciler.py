@@ -86,6 +86,12 @@ class Reconciler:
     def set_lockdown(self, switches: dict[str, bool]) -> None:
         self._mark(self.index.set_lockdown(switches))
 
+    async def load_trust(self) -> None:
+        """Tokens, install windows and denied keys, as the store has them now."""
+        self._mark(self.index.set_tokens(await self._store.tokens()))
+        self._mark(self.index.set_windows(await self._store.windows()))
+        self._mark(self.index.set_denied(await self._store.denied()))
+
     def mark_all(self) -> None:
         self._mark(self.index.ids())
 
@@ -94,18 +100,23 @@ class Reconciler:
             self._dirty |= ids
             self._wake.set()
 
-    async def reload(self, node_id: str) -> None:
-        """Re-read one node from the store (another process changed it)."""
+    async def reload(self, node_id: str, *, unless_same: bool = False) -> None:
+        """Re-read one node from the store (another process changed it).
+
+        ``unless_same``: a record exactly as indexed marks nothing dirty (after a lost
+        race: deciding it again at once could only lose again).
+        """
         rec = await self._store.get(node_id)
         if rec is None:
             self.remove(node_id)
-        else:
+        elif not (unless_same and rec == self.index.get(node_id)):
             self.apply(rec)
 
     async def load(self) -> None:
         """Rebuild the index from the store (at start)."""
         self._mark(self.index.replace_all(await self._store.nodes()))
         self.set_lockdown(await self._store.lockdown())
+        await self.load_trust()
 
     # -- state changes -----------------------------------------------------------------
 
@@ -116,7 +127,9 @@ class Reconciler:
             fresh = await self._store.change(rec.node_id, change)
         except LostRace as exc:
             log.info("%s: not applied (%s): %s", rec.node_id, change.to.value, exc)
-            await self.reload(rec.node_id)
+            if change.grant is not None:
+                await self.load_trust()  # a token or window changed under us: see it now
+            await self.reload(rec.node_id, unless_same=True)
             return None
         level = logging.WARNING if change.to in _WARN_STATES else logging.INFO
         log.log(level, "%s", message)
@@ -184,6 +197,7 @@ class Reconciler:
                         generation=rec.generation,
                         owner=self._owner,
                         exclusive=decision.exclusive,
+                        grant=decision.grant,
                         fields={"hook_started": False},
                     ),
                 )

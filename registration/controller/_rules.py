@@ -13,9 +13,9 @@ import dataclasses
 from typing import Protocol
 
 from .._profile import Profile
-from ..state import NodeRecord, NodeState
+from ..state import NodeRecord, NodeState, Token, Window
 
-__all__ = ["Decision", "Registrar", "StateView", "decide", "owns"]
+__all__ = ["Decision", "Registrar", "StateView", "decide", "owns", "trusted"]
 
 
 class StateView(Protocol):
@@ -33,6 +33,16 @@ class StateView(Protocol):
         """Another node id that holds ``node``'s host key (pinned, or announced it first)."""
         ...
 
+    def token(self, token_id: str) -> Token | None: ...
+
+    def window(self, role: str, now: float) -> Window | None:
+        """An install window open for ``role`` at ``now``."""
+        ...
+
+    def denied(self, fingerprint: str) -> str | None:
+        """Why the admin denied this host key, or None."""
+        ...
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Registrar:
@@ -42,11 +52,19 @@ class Registrar:
     cluster: str | None
     profile: Profile
     self_registered: bool = True
+    #: token | approve | open: [controller] trust, else the store's default.
+    trust: str = "open"
+    now: float = 0.0
 
     @property
     def needs_self_registration(self) -> bool:
         spec = self.profile.role(self.role)
         return spec is not None and spec.registered_by is not None
+
+    def policy(self, role: str) -> str:
+        """How nodes of ``role`` must be trusted: its ``[role:NAME] trust``, else ours."""
+        spec = self.profile.role(role)
+        return (spec.trust if spec is not None else None) or self.trust
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -60,6 +78,7 @@ class Decision:
     state: NodeState | None
     reason: str
     exclusive: tuple[str, str | None] | None = None
+    grant: str | None = None  # what admits the registration (token:ID, window:ID, …)
 
 
 def owns(me: Registrar, role: str, cluster: str | None) -> str | None:
@@ -100,6 +119,9 @@ def decide(node: NodeRecord, me: Registrar, view: StateView) -> Decision:
             f"{holder.ip}:{holder.port}, which is {holder.state.value}: one host key is one "
             f"node (`autoreg forget {holder.node_id}` if that machine now has this id)",
         )
+    trust = trusted(node, me, view)
+    if isinstance(trust, Decision):
+        return trust
     if view.is_locked(node.role):
         return Decision(NodeState.LOCKED, f"lockdown is on for {node.role} registration")
     if me.needs_self_registration and not me.self_registered:
@@ -130,4 +152,51 @@ def decide(node: NodeRecord, me: Registrar, view: StateView) -> Decision:
         if not view.has_registered(required, cluster):
             where = f" of cluster {cluster}" if cluster else ""
             return Decision(NodeState.WAITING, f"waiting for {required}{where} to be registered")
-    return Decision(NodeState.REGISTERING, "all requirements met", exclusive)
+    return Decision(NodeState.REGISTERING, "all requirements met", exclusive, trust)
+
+
+def trusted(node: NodeRecord, me: Registrar, view: StateView) -> str | Decision:
+    """What admits ``node`` (``token:ID``, ``window:ID``, ``approval``, ``open``,
+    ``admin``), or the decision that holds it back (docs/security.md)."""
+    denied = view.denied(node.fingerprint)
+    if denied is not None:
+        return Decision(
+            NodeState.REJECTED,
+            f"its host key {node.fingerprint} was denied by the admin"
+            + (f" ({denied})" if denied else "")
+            + f"; `autoreg approve {node.node_id}` to allow it after all",
+        )
+    if node.auth == "admin":
+        return "admin"
+    if node.auth.startswith("bad:"):
+        return Decision(NodeState.REJECTED, f"bad signature: {node.auth[4:].strip()}")
+    if node.approved_fp is not None and node.approved_fp == node.fingerprint:
+        return "approval"
+    policy = me.policy(node.role)
+    problem = ""
+    if node.auth == "signed" and node.token_id is not None and policy != "approve":
+        token = view.token(node.token_id)
+        problem = (
+            f"token {node.token_id} is not known here"
+            if token is None
+            else token.refusal(node.node_id, node.fingerprint, node.role, node.cluster, me.now)
+        ) or ""
+        if not problem:
+            return f"token:{node.token_id}"
+    elif node.auth.startswith("unverified:"):
+        problem = node.auth.partition(":")[2].strip()
+    if policy == "open":
+        return "open"
+    window = view.window(node.role, me.now)
+    if window is not None:
+        return f"window:{window.window_id}"
+    if policy == "approve":
+        why = "trust = approve: every node waits for an approval"
+    elif problem:
+        why = f"{problem}, and unsigned announcements wait for an approval"
+    else:
+        why = "unsigned announcement"
+    return Decision(
+        NodeState.PENDING,
+        f"{why}: `autoreg approve {node.node_id}`, or give the node a token",
+    )

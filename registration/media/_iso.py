@@ -133,10 +133,16 @@ def inspect_seed(path: Path) -> SeedReport:
     if isinstance(user, dict):
         written = _written_files(user, problems)
         conf = _autoreg_config(written, problems)
+        token_path: str | None = None
         if conf is not None:
             calls_back = conf.has_section("callback")
             _check_callback(conf, written, problems)
-        secrets = sorted(p for p, (content, _) in written.items() if "PRIVATE KEY" in content)
+            token_path = _check_token(conf, written, problems)
+        secrets = sorted(
+            p
+            for p, (content, _) in written.items()
+            if "PRIVATE KEY" in content or p == token_path
+        )
         if not _authorized_keys(user):
             problems.append(
                 "user-data authorises no key for any user: the controller could not log in "
@@ -244,6 +250,25 @@ def _autoreg_config(
     if not _get(conf, "node", "role"):
         problems.append(f"{', '.join(sorted(paths))} on the medium sets no [node] role")
     return conf
+
+
+def _check_token(
+    conf: configparser.ConfigParser, written: Mapping[str, tuple[str, str]], problems: list[str]
+) -> str | None:
+    """The join token file the medium's configuration names, checked; None without one."""
+    path = _get(conf, "node", "token_file")
+    if path is None:
+        return None
+    if path not in written:
+        problems.append(f"[node] token_file names {path}, which the medium does not write")
+        return None
+    content, mode = written[path]
+    if mode != "0600":
+        problems.append(f"the join token {path} is written with mode {mode}: use 0600")
+    token_id, dot, secret = content.strip().partition(".")
+    if not dot or not token_id or not secret:
+        problems.append(f"the join token {path} is not ID.SECRET")
+    return path
 
 
 def _check_callback(

@@ -48,6 +48,8 @@ CALLBACK_UNIT: Final = "autoreg-callback.service"
 NODE_CONFIG: Final = "/etc/autoreg/autoreg.conf.d/50-medium.conf"
 NODE_CALLBACK_KEY: Final = "/etc/autoreg/keys/callback_ed25519"
 NODE_CONTROLLER_PIN: Final = "/etc/autoreg/keys/controller_known_hosts"
+#: The node's single-use join token; the announcer deletes it once registered.
+NODE_JOIN_TOKEN: Final = "/etc/autoreg/keys/join_token"  # noqa: S105 - a path
 #: systemd-networkd file the AFTER_INSTALL script writes for DHCP.
 NETWORKD_FILE: Final = "/etc/systemd/network/20-autoreg-dhcp.network"
 #: Interfaces the AFTER_INSTALL script's DHCP configuration matches when none is named.
@@ -100,6 +102,10 @@ class Medium:
     #: The node already had a tunnel whose callback key this medium replaced.
     replaced_callback_key: bool = False
     config_path: str = NODE_CONFIG
+    #: A single-use join token (``ID.SECRET``) scoped to the node's role and cluster.
+    join_token: str | None = dataclasses.field(default=None, repr=False)
+    join_token_id: str | None = None
+    join_token_path: str = NODE_JOIN_TOKEN
 
     @property
     def instance_id(self) -> str:
@@ -111,9 +117,18 @@ class Medium:
 
     @property
     def secrets_summary(self) -> str:
-        if self.callback is None:
-            return "none (public keys only)"
-        return f"this node's own CALLBACK_KEY (revoke: autoreg tunnel remove {self.node.node_id})"
+        parts = []
+        if self.join_token_id is not None:
+            parts.append(
+                f"a single-use join token {self.join_token_id} for {self.node.role}"
+                f" (revoke: autoreg token revoke {self.join_token_id})"
+            )
+        if self.callback is not None:
+            parts.append(
+                "this node's own CALLBACK_KEY "
+                f"(revoke: autoreg tunnel remove {self.node.node_id})"
+            )
+        return "; ".join(parts) or "none (public keys only)"
 
 
 def _check_controller(controller: str) -> str:
@@ -140,6 +155,8 @@ class MediumRequest:
     packages: tuple[str, ...]
     interface: str | None
     controller_user: str
+    token_ttl: float = 24 * 3600.0
+    with_token: bool = True
 
 
 def check_request(
@@ -153,6 +170,8 @@ def check_request(
     callback: bool,
     packages: Sequence[str] = (),
     interface: str | None = None,
+    token_ttl: float = 24 * 3600.0,
+    with_token: bool = True,
 ) -> MediumRequest:
     """Validate everything a medium needs before anything is allocated for it."""
     spec = config.profile.role(role)
@@ -208,6 +227,8 @@ def check_request(
         packages=tuple(packages),
         interface=interface,
         controller_user=user,
+        token_ttl=token_ttl,
+        with_token=with_token,
     )
 
 
@@ -232,13 +253,17 @@ def assemble(
     controller_key: PublicKey,
     callback: CallbackMaterial | None,
     replaced_callback_key: bool = False,
+    join_token: tuple[str, str] | None = None,
 ) -> Medium:
-    """The medium's content (pure: the tunnel, if any, is already allocated)."""
+    """The medium's content (pure: the tunnel and the token, if any, already exist).
+
+    ``join_token`` is (token id, ``ID.SECRET``).
+    """
     user = request.controller_user
     units = (ANNOUNCE_UNIT, CALLBACK_UNIT) if callback else (ANNOUNCE_UNIT,)
     return Medium(
         node=request.node,
-        autoreg_conf=_autoreg_conf(config, request.node, callback),
+        autoreg_conf=_autoreg_conf(config, request.node, callback, join_token is not None),
         controller_user=user,
         controller_home="/root" if user == "root" else f"/home/{user}",
         controller_public_key=controller_key.openssh,
@@ -247,10 +272,14 @@ def assemble(
         packages=request.packages,
         interface=request.interface,
         replaced_callback_key=replaced_callback_key,
+        join_token=join_token[1] if join_token else None,
+        join_token_id=join_token[0] if join_token else None,
     )
 
 
-def _autoreg_conf(config: Config, node: NodeSpec, material: CallbackMaterial | None) -> str:
+def _autoreg_conf(
+    config: Config, node: NodeSpec, material: CallbackMaterial | None, token: bool
+) -> str:
     sections: dict[str, dict[str, str]] = {
         "autoreg": {"transport": "auto"},
         "node": {"role": node.role},
@@ -258,6 +287,8 @@ def _autoreg_conf(config: Config, node: NodeSpec, material: CallbackMaterial | N
     if node.cluster:
         sections["node"]["cluster"] = node.cluster
     sections["node"].update(id=node.node_id, name=node.hostname)
+    if token:
+        sections["node"]["token_file"] = NODE_JOIN_TOKEN
     if material is not None:
         sections["callback"] = callback_section(
             config,
@@ -305,6 +336,8 @@ def _context(medium: Medium) -> dict[str, object]:
         "controller_home": medium.controller_home,
         "controller_public_key": medium.controller_public_key,
         "callback": medium.callback,
+        "join_token": medium.join_token,
+        "join_token_path": medium.join_token_path,
         "units": medium.units,
         "packages": medium.packages,
         "interface": medium.interface,

@@ -3,6 +3,11 @@
 It publishes ``_autoreg._tcp`` with the node's role, cluster, preferred
 address and sshd host-key fingerprint, re-announces when any of those or its
 registration standing changes, and sends goodbye packets when it stops.
+
+With a join token (``[node] token``, ``token_file`` or ``AUTOREG_TOKEN``) every
+announcement is signed, and signed again before its timestamp ages out of the
+registrar's window.  Once the node holds its receipt, a ``token_file`` is
+deleted: the guest-agent seed's "read once, and destroyed".
 """
 
 from __future__ import annotations
@@ -11,16 +16,48 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Final
 
 from .._config import Config
-from .._exceptions import AutoregError
-from ..protocol import NODE_SERVICE_TYPE, Announcement, encode_node
+from .._exceptions import AnnouncementError, AutoregError, ConfigError
+from ..protocol import (
+    NODE_SERVICE_TYPE,
+    SIGNATURE_WINDOW,
+    Announcement,
+    JoinToken,
+    encode_node,
+    parse_token,
+)
 from ..transport import Publication, Transport, create_transport
 from ._identity import NodeIdentity, self_registration_state
 
-__all__ = ["Announcer"]
+__all__ = ["Announcer", "load_token"]
 
 log = logging.getLogger(__name__)
+
+#: Re-sign when the signature is this old: well inside the registrar's window.
+RESIGN_AFTER: Final = SIGNATURE_WINDOW / 2
+
+
+def load_token(config: Config) -> JoinToken | None:
+    """The node's join token, from ``[node] token`` (or AUTOREG_TOKEN) or ``token_file``."""
+    node = config.node
+    text = node.token
+    source = "[node] token"
+    if text is None and node.token_file is not None:
+        source = str(node.token_file)
+        try:
+            text = node.token_file.read_text(encoding="ascii")
+        except FileNotFoundError:
+            return None  # used and deleted, or never given: announce unsigned
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the join token: {exc}", source=source) from exc
+    if text is None:
+        return None
+    try:
+        return parse_token(text, source="token")
+    except AnnouncementError as exc:
+        raise ConfigError(exc.reason, source=source) from exc
 
 
 class Announcer:
@@ -32,6 +69,8 @@ class Announcer:
         self._publication: Publication | None = None
         self._current: Announcement | None = None
         self._stopping = asyncio.Event()
+        self._token: JoinToken | None = None
+        self._signed_at = 0.0
 
     def stop(self) -> None:
         self._stopping.set()
@@ -39,11 +78,27 @@ class Announcer:
     def _snapshot(self) -> Announcement:
         identity = NodeIdentity.from_config(self.config)
         standing = self_registration_state(self.config.node)
+        if standing is not None:
+            self._discard_token()
         return identity.announcement(self.config.node, registered=standing is not None)
+
+    def _discard_token(self) -> None:
+        """Registered: a single-use token in token_file has done its job."""
+        path = self.config.node.token_file
+        if path is not None and path.exists():
+            try:
+                path.unlink()
+                log.info("registered: deleted the join token %s (no longer needed)", path)
+            except OSError as exc:
+                log.warning("registered, but cannot delete the join token %s: %s", path, exc)
+        self._token = None
 
     async def run(self) -> None:
         """Publish, then re-check every ``poll_interval`` until stopped; goodbye on exit."""
+        self._token = load_token(self.config)
         ann = self._snapshot()
+        if self._token is not None:
+            log.info("signing announcements with join token %s", self._token.token_id)
         if self._transport is None:
             # `auto` asks D-Bus whether avahi-daemon answers: blocking, so in a thread.
             self._transport = await asyncio.to_thread(create_transport, self.config, bind=ann.ip)
@@ -77,15 +132,20 @@ class Announcer:
 
     async def _publish(self, ann: Announcement) -> None:
         assert self._publication is not None
-        if ann == self._current:
+        now = time.time()
+        resign = self._token is not None and now - self._signed_at >= RESIGN_AFTER
+        if ann == self._current and not resign:
             return
         started = time.monotonic()
-        first = await self._publication.set(ip=ann.ip, port=ann.port, txt=encode_node(ann))
+        signing = self._token if ann.state == "ready" else None
+        txt = encode_node(ann, token=signing, now=now)
+        first = await self._publication.set(ip=ann.ip, port=ann.port, txt=txt)
+        self._signed_at = now if signing is not None else 0.0
         verb = "announced" if first else "re-announced"
         self._current = ann
         where = f" of cluster {ann.cluster}" if ann.cluster else ""
         log.info(
-            "%s %s%s id=%s at %s:%d fp=%s state=%s (%.0f ms)",
+            "%s %s%s id=%s at %s:%d fp=%s state=%s%s (%.0f ms)",
             verb,
             ann.role,
             where,
@@ -94,5 +154,6 @@ class Announcer:
             ann.port,
             ann.fingerprint,
             ann.state,
+            f" signed ({signing.token_id})" if signing is not None else "",
             (time.monotonic() - started) * 1000,
         )

@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 from ._address import address_problem
+from ._signature import (
+    SIGNATURE_KEYS,
+    SIGNATURE_WINDOW,
+    JoinToken,
+    SignatureClaim,
+    check_token_id,
+    new_token,
+    parse_token,
+    token_key,
+    verify,
+)
 from ._txt import (
     CONTROLLER_SERVICE_TYPE,
     KEY_TYPES,
@@ -31,9 +42,13 @@ __all__ = [
     "KEY_TYPES",
     "NODE_SERVICE_TYPE",
     "PROTOCOL_VERSION",
+    "SIGNATURE_KEYS",
+    "SIGNATURE_WINDOW",
     "Announcement",
+    "JoinToken",
     "RegistrarAnnouncement",
     "RegistrarState",
+    "SignatureClaim",
     "address_problem",
     "check_cluster",
     "check_fingerprint",
@@ -43,10 +58,14 @@ __all__ = [
     "check_node_id",
     "check_port",
     "check_role",
+    "check_token_id",
     "decode_node",
     "decode_registrar",
     "encode_node",
     "encode_registrar",
     "instance_name",
+    "new_token",
+    "parse_token",
+    "token_key",
+    "verify",
 ]
-

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any, Final, Literal
 
 from .._exceptions import AnnouncementError
+from ._signature import JoinToken, SignatureClaim, sign_txt, signature_claim
 
 __all__ = [
     "CONTROLLER_SERVICE_TYPE",
@@ -96,6 +97,8 @@ class Announcement:
     cluster: str | None = None
     name: str | None = None
     key_type: str = DEFAULT_KEY_TYPE
+    #: The signature the record carried (checked by the registrar against its tokens).
+    signature: SignatureClaim | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         # Validate on construction too, so an Announcement is valid wherever it
@@ -117,6 +120,14 @@ class Announcement:
     def display_name(self) -> str:
         return self.name or self.node_id
 
+    def summary(self) -> dict[str, Any]:
+        """The announced fields as plain data (for events), the signature by its token."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        claim = self.signature
+        out["signature"] = None if claim is None else {"tid": claim.token_id,
+                                                       "ts": claim.timestamp}  # fmt: skip
+        return out
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RegistrarAnnouncement:
@@ -131,6 +142,8 @@ class RegistrarAnnouncement:
     name: str | None = None
     #: The registrar's sshd host key (what callback nodes pin), when it has one.
     fingerprint: str | None = None
+    #: The scope of an install window open now: a role, or ``*`` (None: closed).
+    window: str | None = None
 
     def __post_init__(self) -> None:
         check_node_id(self.node_id)
@@ -144,6 +157,8 @@ class RegistrarAnnouncement:
             check_name(self.name)
         if self.fingerprint is not None:
             check_fingerprint(self.fingerprint)
+        if self.window is not None and self.window != "*":
+            check_role(self.window)
 
 
 def instance_name(role: str, node_id: str) -> str:
@@ -151,8 +166,13 @@ def instance_name(role: str, node_id: str) -> str:
     return f"{role}-{node_id}"
 
 
-def encode_node(ann: Announcement) -> dict[str, str]:
-    """TXT properties for a node announcement (insertion order = wire order)."""
+def encode_node(
+    ann: Announcement, *, token: JoinToken | None = None, now: float | None = None
+) -> dict[str, str]:
+    """TXT properties for a node announcement (insertion order = wire order).
+
+    With ``token`` the record is signed at ``now`` (``tid``, ``ts``, ``sig``).
+    """
     txt = {
         "v": PROTOCOL_VERSION,
         "role": ann.role,
@@ -167,6 +187,10 @@ def encode_node(ann: Announcement) -> dict[str, str]:
         txt["cluster"] = ann.cluster
     if ann.name is not None:
         txt["name"] = ann.name
+    if token is not None:
+        if now is None:
+            raise ValueError("signing needs the time")
+        txt = sign_txt(txt, ann.port, token, now=now)
     _check_sizes(txt)
     return txt
 
@@ -186,6 +210,8 @@ def encode_registrar(ann: RegistrarAnnouncement) -> dict[str, str]:
         txt["name"] = ann.name
     if ann.fingerprint is not None:
         txt["fp"] = ann.fingerprint
+    if ann.window is not None:
+        txt["window"] = ann.window
     _check_sizes(txt)
     return txt
 
@@ -206,6 +232,7 @@ def decode_node(
             cluster=txt.get("cluster"),
             name=txt.get("name"),
             key_type=txt.get("kt", DEFAULT_KEY_TYPE),
+            signature=signature_claim(txt, port),
         )
     except TypeError as exc:  # pragma: no cover - dataclass misuse, not input
         raise AnnouncementError(str(exc)) from exc
@@ -224,6 +251,7 @@ def decode_registrar(
         cluster=txt.get("cluster"),
         name=txt.get("name"),
         fingerprint=txt.get("fp"),
+        window=txt.get("window"),
     )
 
 
@@ -270,7 +298,9 @@ def _normalise(properties: Mapping[Any, Any]) -> dict[str, str]:
     return out
 
 
-_KNOWN_KEYS: Final = frozenset({"v", "role", "cluster", "ip", "fp", "kt", "id", "state", "name"})
+_KNOWN_KEYS: Final = frozenset(
+    {"v", "role", "cluster", "ip", "fp", "kt", "id", "state", "name", "tid", "ts", "sig"}
+)
 
 
 def _decode(raw: object, field: str) -> str:

@@ -25,7 +25,7 @@ from ._machine import (
     is_settled,
     mermaid_diagram,
 )
-from ._records import Event, NodeRecord, Source, Tunnel
+from ._records import Event, NodeRecord, Source, Token, Tunnel, Window
 from ._schema import SCHEMA_VERSION
 from ._sqlite import CLAIM_LEASE, WATCH_INTERVAL, SqliteStore
 
@@ -50,7 +50,9 @@ __all__ = [
     "Source",
     "SqliteStore",
     "StateStore",
+    "Token",
     "Tunnel",
+    "Window",
     "absorb",
     "apply_change",
     "cli_origin",

@@ -27,8 +27,8 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
 from ._ingest import Absorbed
-from ._machine import Change
-from ._records import Event, NodeRecord, Source, Tunnel
+from ._machine import Change, NodeState
+from ._records import Event, NodeRecord, Source, Token, Tunnel, Window
 
 __all__ = ["GLOBAL_SCOPE", "StateStore"]
 
@@ -80,11 +80,14 @@ class StateStore(Protocol):
         instance: str,
         observer: str = "",
         lease: float | None = None,
+        auth: str = "",
+        token_id: str | None = None,
     ) -> Absorbed:
         """Take in one announcement (see ``_ingest.absorb``) and mark it present.
 
         Presence is per (source, instance, observer); ``lease`` seconds (None: until
-        withdrawn) bound it for sources that send no goodbye.
+        withdrawn) bound it for sources that send no goodbye.  ``auth``/``token_id``
+        say how the caller authenticated it (``NodeRecord.auth``).
         """
         ...
 
@@ -131,6 +134,47 @@ class StateStore(Protocol):
     async def forget(self, node_id: str, *, message: str) -> NodeRecord | None:
         """Delete a node (and its presence); the record it had, None if there was none."""
         ...
+
+    async def count(self, state: NodeState) -> int:
+        """How many nodes are in ``state``."""
+        ...
+
+    # -- trust -------------------------------------------------------------------------
+
+    async def tokens(self) -> list[Token]: ...
+
+    async def create_token(self, token: Token) -> Token: ...
+
+    async def revoke_token(self, token_id: str) -> Token | None: ...
+
+    async def windows(self) -> list[Window]: ...
+
+    async def open_window(self, window: Window) -> Window:
+        """Open ``window`` (closing an open one of the same scope)."""
+        ...
+
+    async def close_windows(self, scope: str | None, *, reason: str) -> list[Window]:
+        """Close the open windows of ``scope`` (None: all); the ones closed."""
+        ...
+
+    async def deny(self, node_id: str, fingerprint: str, *, reason: str = "") -> None:
+        """Refuse ``fingerprint`` whenever it announces, under any id."""
+        ...
+
+    async def undeny(self, fingerprint: str, *, node_id: str | None = None) -> bool: ...
+
+    async def denied(self) -> dict[str, str]:
+        """Denied host keys and why."""
+        ...
+
+    async def approve(self, node_id: str, *, fingerprint: str, generation: str) -> NodeRecord:
+        """Pin the admin's choice of key for ``node_id`` and decide it anew (``LostRace``
+        when the node changed since the admin looked)."""
+        ...
+
+    async def setting(self, key: str) -> str | None: ...
+
+    async def set_setting(self, key: str, value: str) -> None: ...
 
     # -- claims ----------------------------------------------------------------------
 

@@ -56,16 +56,20 @@ def absorb(
     now: float,
     was_present: bool,
     others_present: bool = False,
+    auth: str = "",
+    token_id: str | None = None,
 ) -> Absorbed:
     """The record after ``ann`` (an :class:`~registration.protocol.Announcement`).
 
     ``was_present``: the node was announced (by anyone) before this announcement;
-    ``others_present``: another announcer (source or instance) announces it now.
+    ``others_present``: another announcer (source or instance) announces it now;
+    ``auth``/``token_id``: how this announcement was authenticated (``_records``).
     """
-    announced = dataclasses.asdict(ann)
+    announced = ann.summary()
     announcement = {"announcement": announced, "source": source.value, "instance": instance}
     if existing is None:
         rec = NodeRecord.new(ann, source=source, reason="announced", now=now)
+        rec = dataclasses.replace(rec, auth=auth, token_id=token_id)
         where = f" of cluster {ann.cluster}" if ann.cluster else ""
         verb = "registered manually:" if source is Source.MANUAL else "announced at"
         return Absorbed(
@@ -167,7 +171,10 @@ def absorb(
         moved_ip=None,
         moved_port=None,
         moved_name=None,
+        auth=auth,
+        token_id=token_id,
     )
+    new_auth = (auth, token_id) != (rec.auth, rec.token_id)
     if not pinned:
         fresh = dataclasses.replace(
             fresh,
@@ -203,13 +210,14 @@ def absorb(
                 lease=0.0,
             )
             restarted = True
-    if moved or new_key or new_role or not was_present or restarted:
+    if moved or new_key or new_role or not was_present or restarted or new_auth:
         return Absorbed(
             fresh,
             "updated",
             "announced",
             f"{rec.label} re-announced at {ann.ip}:{ann.port} (state {ann.state})"
-            + (f" with a new host key {ann.fingerprint}" if new_key else ""),
+            + (f" with a new host key {ann.fingerprint}" if new_key else "")
+            + (f"; {_auth_words(auth, token_id)}" if new_auth else ""),
             announcement if (moved or new_key or new_role) else {"source": source.value},
         )
     if fresh.announced_state != rec.announced_state:
@@ -232,3 +240,11 @@ def _contender(ann: Any, source: Source, instance: str) -> str:
         },
         sort_keys=True,
     )
+
+
+def _auth_words(auth: str, token_id: str | None) -> str:
+    if auth == "signed":
+        return f"signed with token {token_id}"
+    if auth.startswith("bad:"):
+        return f"bad signature ({auth[4:].strip()})"
+    return auth if auth else "unsigned"

@@ -42,6 +42,7 @@ class NodeState(enum.StrEnum):
     """Where a node stands with its registrar (the table below says what each means)."""
 
     SEEN = "seen"
+    PENDING = "pending"
     WAITING = "waiting"
     LOCKED = "locked"
     REFUSED = "refused"
@@ -98,6 +99,9 @@ S = NodeState
 #: What each state means and which predicates hold for it.
 TRAITS: Final[Mapping[NodeState, Traits]] = {
     S.SEEN: Traits("announced, not decided yet", decidable=True),
+    S.PENDING: Traits(
+        "not trusted yet: waits for an approval, a token or an install window", decidable=True
+    ),
     S.WAITING: Traits("a requirement is not met yet (the reason says which)", decidable=True),
     S.LOCKED: Traits("lockdown is on for its role", decidable=True),
     S.REFUSED: Traits("uniqueness: another node holds the slot", decidable=True),
@@ -112,7 +116,9 @@ TRAITS: Final[Mapping[NodeState, Traits]] = {
     S.REGISTERED: Traits("done, exactly once", holds_slot=True, final=True),
 }
 
-_DECIDED: Final = frozenset({S.WAITING, S.LOCKED, S.REFUSED, S.REJECTED, S.REGISTERING})
+_DECIDED: Final = frozenset(
+    {S.PENDING, S.WAITING, S.LOCKED, S.REFUSED, S.REJECTED, S.REGISTERING}
+)
 #: Ingestion may find that a second host key announces a node's id: a conflict.
 _CONTESTED: Final = frozenset({S.CONFLICT})
 
@@ -122,6 +128,7 @@ TRANSITIONS: Final[Mapping[NodeState | None, frozenset[NodeState]]] = {
     # decide() moves any decidable node; new data or an admin's retry starts it over;
     # a second key announcing the same id makes it a conflict.
     S.SEEN: _DECIDED | _CONTESTED,
+    S.PENDING: _DECIDED | _CONTESTED | {S.SEEN},
     S.WAITING: _DECIDED | _CONTESTED | {S.SEEN},
     S.LOCKED: _DECIDED | _CONTESTED | {S.SEEN},
     S.REFUSED: _DECIDED | _CONTESTED | {S.SEEN},
@@ -152,6 +159,8 @@ DECISION_FIELDS: Final = frozenset(
         "hook_started",
         "resumed",
         "registered_at",
+        "approved_fp",
+        "granted",
     }
 )
 
@@ -172,7 +181,10 @@ class Change:
     from (a forgotten and re-announced node is a new row).  ``owner`` is the
     registrar that holds (or, moving into a claimed state, takes) the node's claim.
     ``exclusive`` (role, cluster-or-None) asks the store to check, in the same
-    transaction, that no other node of that scope holds a slot.
+    transaction, that no other node of that scope holds a slot.  ``grant`` is what
+    admits a node that takes a slot (``token:<id>``, ``window:<id>``, ``approval``,
+    ``open``, ``admin``): the store consumes a token's or a window's use in the same
+    transaction, once per node.
     """
 
     expect: NodeState
@@ -184,6 +196,7 @@ class Change:
     fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     exclusive: tuple[str, str | None] | None = None
+    grant: str | None = None
     message: str | None = None
 
     def event_message(self, rec: NodeRecord) -> str:

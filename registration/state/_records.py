@@ -12,7 +12,7 @@ from ._machine import NodeState
 if TYPE_CHECKING:
     from ..protocol import Announcement
 
-__all__ = ["Event", "NodeRecord", "Source", "Tunnel", "new_generation"]
+__all__ = ["Event", "NodeRecord", "Source", "Token", "Tunnel", "Window", "new_generation"]
 
 
 class Source(enum.StrEnum):
@@ -48,6 +48,11 @@ class NodeRecord:
     moved_name: str | None = None
     # In a conflict: the other host key that announces this id (JSON, as received).
     contender: str | None = None
+    # Trust (docs/security.md): how the last announcement was authenticated —
+    # "" unsigned, "signed" (a valid signature of token_id), "admin" (registered by
+    # hand), or "bad: <why>" — checked when it was received.
+    auth: str = ""
+    token_id: str | None = None
     # What the registrar decided (state changes own these; see _machine.apply_change).
     state: NodeState = NodeState.SEEN
     reason: str = ""
@@ -57,6 +62,8 @@ class NodeRecord:
     hook_started: bool = False
     resumed: bool = False
     registered_at: float | None = None
+    approved_fp: str | None = None  # the key the admin approved (an approval pins it)
+    granted: str | None = None  # what admitted its registration (token:ID, window:ID, …)
     # Bookkeeping.
     first_seen: float = 0.0
     last_seen: float = 0.0
@@ -142,6 +149,95 @@ class Event:
     message: str
     data: dict[str, Any]
     origin: str = ""  # who wrote it: a registrar's owner id, or an admin's command
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Token:
+    """A join token as the registrar keeps it: its HMAC key, never its secret."""
+
+    token_id: str
+    key: bytes = dataclasses.field(repr=False)
+    roles: tuple[str, ...]  # empty: any role
+    cluster: str | None  # None: any cluster
+    uses: int
+    expires: float
+    created: float
+    description: str = ""
+    revoked: float | None = None
+    used_by: tuple[tuple[str, str, float], ...] = ()  # (node id, fingerprint, when)
+
+    @property
+    def used(self) -> int:
+        return len(self.used_by)
+
+    @property
+    def uses_left(self) -> int:
+        return max(0, self.uses - self.used)
+
+    def covers(self, role: str, cluster: str | None) -> bool:
+        return (not self.roles or role in self.roles) and (
+            self.cluster is None or self.cluster == cluster
+        )
+
+    def refusal(self, node_id: str, fingerprint: str, role: str, cluster: str | None,
+                now: float) -> str | None:  # fmt: skip
+        """Why this token does not admit that node now, or None (it does)."""
+        if self.revoked is not None:
+            return f"token {self.token_id} was revoked"
+        if now >= self.expires:
+            return f"token {self.token_id} expired"
+        if not self.covers(role, cluster):
+            scope = "/".join(self.roles) or "any role"
+            where = f" of cluster {self.cluster}" if self.cluster else ""
+            return f"token {self.token_id} is for {scope}{where}, not {role}" + (
+                f" of cluster {cluster}" if cluster else ""
+            )
+        mine = any(n == node_id and f == fingerprint for n, f, _ in self.used_by)
+        if not mine and self.uses_left == 0:
+            return f"token {self.token_id} is used up ({self.uses} of {self.uses})"
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything but the key: what `autoreg token list` shows."""
+        return {
+            "id": self.token_id,
+            "roles": list(self.roles),
+            "cluster": self.cluster,
+            "uses": self.uses,
+            "uses_left": self.uses_left,
+            "expires": self.expires,
+            "created": self.created,
+            "description": self.description,
+            "revoked": self.revoked,
+            "used_by": [{"node_id": n, "fingerprint": f, "at": t} for n, f, t in self.used_by],
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Window:
+    """An install window: unsigned announcements of ``scope`` are admitted while open."""
+
+    window_id: str
+    scope: str  # a role, or "*" for every role
+    opened: float
+    expires: float
+    max_uses: int | None
+    used: int = 0
+    closed: float | None = None
+    closed_reason: str = ""
+
+    def is_open(self, now: float) -> bool:
+        return (
+            self.closed is None
+            and now < self.expires
+            and (self.max_uses is None or self.used < self.max_uses)
+        )
+
+    def covers(self, role: str) -> bool:
+        return self.scope in ("*", role)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -106,6 +106,57 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE nodes ADD COLUMN contender TEXT;
     CREATE INDEX nodes_fingerprint ON nodes (fingerprint);
     """,
+    # 5: trust.  Join tokens (their HMAC key, never the secret) and who used them;
+    #    install windows; denied host keys; how each announcement was authenticated,
+    #    the key an admin approved and what admitted each registration.  A store
+    #    that already held data was made by a version without trust: it keeps
+    #    registering as before (trust_default open); a new one starts at token.
+    """
+    CREATE TABLE tokens (
+        id          TEXT PRIMARY KEY,
+        key         BLOB NOT NULL,
+        roles       TEXT NOT NULL DEFAULT '',
+        cluster     TEXT,
+        uses        INTEGER NOT NULL,
+        expires     REAL NOT NULL,
+        created     REAL NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        revoked     REAL
+    );
+    CREATE TABLE token_uses (
+        token_id    TEXT NOT NULL,
+        node_id     TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        at          REAL NOT NULL,
+        PRIMARY KEY (token_id, node_id, fingerprint)
+    );
+    CREATE TABLE windows (
+        id            TEXT PRIMARY KEY,
+        scope         TEXT NOT NULL,
+        opened        REAL NOT NULL,
+        expires       REAL NOT NULL,
+        max_uses      INTEGER,
+        used          INTEGER NOT NULL DEFAULT 0,
+        closed        REAL,
+        closed_reason TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE denied (
+        fingerprint TEXT PRIMARY KEY,
+        node_id     TEXT,
+        at          REAL NOT NULL,
+        reason      TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE settings (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    ALTER TABLE nodes ADD COLUMN auth TEXT NOT NULL DEFAULT '';
+    ALTER TABLE nodes ADD COLUMN token_id TEXT;
+    ALTER TABLE nodes ADD COLUMN approved_fp TEXT;
+    ALTER TABLE nodes ADD COLUMN granted TEXT;
+    INSERT INTO settings (key, value) SELECT 'trust_default',
+        CASE WHEN EXISTS (SELECT 1 FROM events WHERE kind != 'schema') THEN 'open' ELSE 'token' END;
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

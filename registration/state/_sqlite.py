@@ -33,7 +33,7 @@ from .._threads import ThreadLimiter
 from ._contract import GLOBAL_SCOPE
 from ._ingest import Absorbed, absorb
 from ._machine import Change, LostRace, NodeState, apply_change
-from ._records import Event, NodeRecord, Source, Tunnel
+from ._records import Event, NodeRecord, Source, Token, Tunnel, Window
 from ._schema import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = ["CLAIM_LEASE", "WATCH_INTERVAL", "SqliteStore"]
@@ -49,9 +49,7 @@ LOCK_FILE: Final = "daemon.lock"
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_NODE_COLUMNS: Final = tuple(
-    f.name for f in dataclasses.fields(NodeRecord) if f.name != "present"
-)
+_NODE_COLUMNS: Final = tuple(f.name for f in dataclasses.fields(NodeRecord) if f.name != "present")
 _PRESENT: Final = (
     "EXISTS (SELECT 1 FROM presence p WHERE p.node_id = nodes.node_id "
     "AND (p.expires IS NULL OR p.expires > :now)) AS present"
@@ -75,6 +73,10 @@ def _record(row: sqlite3.Row) -> NodeRecord:
         moved_port=row["moved_port"],
         moved_name=row["moved_name"],
         contender=row["contender"],
+        auth=row["auth"],
+        token_id=row["token_id"],
+        approved_fp=row["approved_fp"],
+        granted=row["granted"],
         state=NodeState(row["state"]),
         reason=row["reason"],
         attempts=row["attempts"],
@@ -292,7 +294,14 @@ class _Database:
         return [_record(r) for r in rows]
 
     def ingest(
-        self, ann: Any, source: Source, instance: str, observer: str, lease: float | None
+        self,
+        ann: Any,
+        source: Source,
+        instance: str,
+        observer: str,
+        lease: float | None,
+        auth: str,
+        token_id: str | None,
     ) -> Absorbed:
         now = time.time()
         with self._write() as conn:
@@ -310,6 +319,8 @@ class _Database:
                 now=now,
                 was_present=existing is not None and existing.present,
                 others_present=others is not None,
+                auth=auth,
+                token_id=token_id,
             )
             self._put(conn, result.record)
             conn.execute(
@@ -389,6 +400,10 @@ class _Database:
                         f"{holder.label} holds the {role} slot"
                         + (f" of cluster {cluster}" if cluster else "")
                     )
+            if change.grant is not None and fresh.state.holds_slot:
+                if change.grant != (rec.granted if rec else None):
+                    self._consume(conn, fresh, change.grant, now)
+                fresh = dataclasses.replace(fresh, granted=change.grant)
             self._put(conn, fresh)
             self._event(
                 conn,
@@ -432,6 +447,41 @@ class _Database:
             )
         )
         return _record(rows[0]) if rows else None
+
+    def _consume(self, conn: sqlite3.Connection, rec: NodeRecord, grant: str, now: float) -> None:
+        """Spend one use of the token or window that admits ``rec`` (in the caller's
+        transaction), or LostRace when none is left."""
+        kind, _, ident = grant.partition(":")
+        if kind == "token":
+            token = self._token(conn, ident)
+            refusal = (
+                f"token {ident} does not exist any more"
+                if token is None
+                else token.refusal(rec.node_id, rec.fingerprint, rec.role, rec.cluster, now)
+            )
+            if refusal:
+                raise LostRace(refusal)
+            conn.execute(
+                "INSERT OR IGNORE INTO token_uses (token_id, node_id, fingerprint, at) "
+                "VALUES (?, ?, ?, ?)",
+                (ident, rec.node_id, rec.fingerprint, now),
+            )
+            self._event(
+                conn,
+                None,
+                "token",
+                None,
+                f"token {ident} used by {rec.label} ({rec.fingerprint})",
+                {"token": ident, "node_id": rec.node_id, "fingerprint": rec.fingerprint},
+            )
+        elif kind == "window":
+            window = self._window(conn, ident)
+            if window is None or not window.is_open(now):
+                raise LostRace(f"install window {ident} is closed")
+            used = window.used + 1
+            conn.execute("UPDATE windows SET used = ? WHERE id = ?", (used, ident))
+            if window.max_uses is not None and used >= window.max_uses:
+                self._close_window(conn, window, now, f"sealed after {used} registrations")
 
     def settle_move(
         self,
@@ -492,6 +542,256 @@ class _Database:
             conn.execute("DELETE FROM presence WHERE node_id = ?", (node_id,))
             self._event(conn, node_id, "forgotten", None, message, {"was": rec.state.value})
             return rec
+
+    # -- trust -------------------------------------------------------------------------
+
+    @staticmethod
+    def _token_from(conn: sqlite3.Connection, row: sqlite3.Row) -> Token:
+        uses = tuple(
+            (r["node_id"], r["fingerprint"], r["at"])
+            for r in conn.execute(
+                "SELECT * FROM token_uses WHERE token_id = ? ORDER BY at", (row["id"],)
+            )
+        )
+        return Token(
+            token_id=row["id"],
+            key=bytes(row["key"]),
+            roles=tuple(r for r in row["roles"].split(",") if r),
+            cluster=row["cluster"],
+            uses=row["uses"],
+            expires=row["expires"],
+            created=row["created"],
+            description=row["description"],
+            revoked=row["revoked"],
+            used_by=uses,
+        )
+
+    def _token(self, conn: sqlite3.Connection, token_id: str) -> Token | None:
+        rows = list(conn.execute("SELECT * FROM tokens WHERE id = ?", (token_id,)))
+        return self._token_from(conn, rows[0]) if rows else None
+
+    def tokens(self) -> list[Token]:
+        with self._lock:
+            conn = self._conn
+            try:
+                rows = list(conn.execute("SELECT * FROM tokens ORDER BY created"))
+                return [self._token_from(conn, r) for r in rows]
+            except sqlite3.DatabaseError as exc:
+                raise StateError(f"{self.path}: read failed: {exc}") from exc
+
+    def create_token(self, token: Token) -> Token:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO tokens (id, key, roles, cluster, uses, expires, created, "
+                "description) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    token.token_id,
+                    token.key,
+                    ",".join(token.roles),
+                    token.cluster,
+                    token.uses,
+                    token.expires,
+                    token.created,
+                    token.description,
+                ),
+            )
+            scope = "/".join(token.roles) or "any role"
+            where = f" of cluster {token.cluster}" if token.cluster else ""
+            self._event(
+                conn,
+                None,
+                "token",
+                None,
+                f"token {token.token_id} created: {scope}{where}, {token.uses} use(s)"
+                + (f" ({token.description})" if token.description else ""),
+                {"token": token.token_id, **token.to_json()},
+            )
+        return token
+
+    def revoke_token(self, token_id: str) -> Token | None:
+        now = time.time()
+        with self._write() as conn:
+            token = self._token(conn, token_id)
+            if token is None:
+                return None
+            if token.revoked is None:
+                conn.execute("UPDATE tokens SET revoked = ? WHERE id = ?", (now, token_id))
+                self._event(
+                    conn, None, "token", None, f"token {token_id} revoked", {"token": token_id}
+                )
+            return self._token(conn, token_id)
+
+    @staticmethod
+    def _window_from(row: sqlite3.Row) -> Window:
+        return Window(
+            window_id=row["id"],
+            scope=row["scope"],
+            opened=row["opened"],
+            expires=row["expires"],
+            max_uses=row["max_uses"],
+            used=row["used"],
+            closed=row["closed"],
+            closed_reason=row["closed_reason"],
+        )
+
+    def _window(self, conn: sqlite3.Connection, window_id: str) -> Window | None:
+        rows = list(conn.execute("SELECT * FROM windows WHERE id = ?", (window_id,)))
+        return self._window_from(rows[0]) if rows else None
+
+    def windows(self) -> list[Window]:
+        return [self._window_from(r) for r in self._read("SELECT * FROM windows ORDER BY opened")]
+
+    def _close_window(
+        self, conn: sqlite3.Connection, window: Window, now: float, reason: str
+    ) -> None:
+        conn.execute(
+            "UPDATE windows SET closed = ?, closed_reason = ? WHERE id = ? AND closed IS NULL",
+            (now, reason, window.window_id),
+        )
+        what = "every role" if window.scope == "*" else f"role {window.scope}"
+        self._event(
+            conn,
+            None,
+            "window",
+            None,
+            f"install window {window.window_id} for {what} closed: {reason}",
+            {"window": window.window_id, "scope": window.scope, "open": False},
+        )
+
+    def open_window(self, window: Window) -> Window:
+        with self._write() as conn:
+            for row in conn.execute(
+                "SELECT * FROM windows WHERE scope = ? AND closed IS NULL", (window.scope,)
+            ).fetchall():
+                self._close_window(conn, self._window_from(row), window.opened, "replaced")
+            conn.execute(
+                "INSERT INTO windows (id, scope, opened, expires, max_uses) VALUES (?, ?, ?, ?, ?)",
+                (window.window_id, window.scope, window.opened, window.expires, window.max_uses),
+            )
+            what = "every role" if window.scope == "*" else f"role {window.scope}"
+            limit = "" if window.max_uses is None else f", at most {window.max_uses} registrations"
+            self._event(
+                conn,
+                None,
+                "window",
+                None,
+                f"install window {window.window_id} opened for {what} until "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(window.expires))}{limit}: "
+                "unsigned announcements are admitted",
+                {"window": window.window_id, "scope": window.scope, "open": True},
+            )
+        return window
+
+    def close_windows(self, scope: str | None, reason: str) -> list[Window]:
+        now = time.time()
+        closed = []
+        with self._write() as conn:
+            sql = "SELECT * FROM windows WHERE closed IS NULL"
+            params: tuple[Any, ...] = ()
+            if scope is not None:
+                sql += " AND scope = ?"
+                params = (scope,)
+            for row in conn.execute(sql, params).fetchall():
+                window = self._window_from(row)
+                reason_here = "its time ran out" if window.expires <= now else reason
+                self._close_window(conn, window, now, reason_here)
+                closed.append(window)
+        return closed
+
+    def deny(self, node_id: str, fingerprint: str, reason: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO denied (fingerprint, node_id, at, reason) "
+                "VALUES (?, ?, ?, ?)",
+                (fingerprint, node_id, time.time(), reason),
+            )
+            self._event(
+                conn,
+                node_id,
+                "deny",
+                None,
+                f"host key {fingerprint} denied by admin"
+                + (f": {reason}" if reason else "")
+                + "; refused whenever it announces",
+                {"fingerprint": fingerprint},
+            )
+
+    def undeny(self, fingerprint: str, node_id: str | None) -> bool:
+        with self._write() as conn:
+            cur = conn.execute("DELETE FROM denied WHERE fingerprint = ?", (fingerprint,))
+            if cur.rowcount:
+                self._event(
+                    conn, node_id, "deny", None,
+                    f"host key {fingerprint} is no longer denied", {"fingerprint": fingerprint},
+                )  # fmt: skip
+            return cur.rowcount > 0
+
+    def denied(self) -> dict[str, str]:
+        return {r["fingerprint"]: r["reason"] for r in self._read("SELECT * FROM denied")}
+
+    def setting(self, key: str) -> str | None:
+        try:
+            rows = self._read("SELECT value FROM settings WHERE key = ?", (key,))
+        except StateError:
+            return None  # a store older than settings (read-only): nothing set
+        return str(rows[0][0]) if rows else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, value))
+            self._event(conn, None, "setting", None, f"{key} = {value}", {key: value})
+
+    def approve(self, node_id: str, fingerprint: str, generation: str) -> NodeRecord:
+        """Pin ``fingerprint`` as the node's approved key and decide it anew; for a
+        conflict, ``fingerprint`` picks which of the two keys is the node."""
+        now = time.time()
+        with self._write() as conn:
+            rec = self._get(conn, node_id)
+            if rec is None or rec.generation != generation:
+                raise LostRace(f"{node_id} was forgotten or announced anew meanwhile")
+            if fingerprint != rec.fingerprint:
+                contender = json.loads(rec.contender) if rec.contender else {}
+                if rec.state is not NodeState.CONFLICT or contender.get("fingerprint") != (
+                    fingerprint
+                ):
+                    raise LostRace(
+                        f"{node_id} announces {rec.fingerprint}, not {fingerprint}: approve "
+                        "the key it announces (`autoreg pending` shows it)"
+                    )
+                rec = dataclasses.replace(
+                    rec,
+                    fingerprint=contender["fingerprint"],
+                    key_type=contender["key_type"],
+                    ip=contender["ip"],
+                    port=contender["port"],
+                    name=contender.get("name"),
+                )
+            conn.execute("DELETE FROM denied WHERE fingerprint = ?", (fingerprint,))
+            fresh = apply_change(
+                dataclasses.replace(rec, contender=None),
+                Change(
+                    expect=rec.state,
+                    to=NodeState.SEEN,
+                    reason=f"approved by admin with host key {fingerprint}",
+                    kind="approve",
+                    fields={"approved_fp": fingerprint, "attempts": 0, "next_attempt": None},
+                ),
+                now=now,
+                lease=CLAIM_LEASE,
+            )
+            self._put(conn, fresh)
+            self._event(
+                conn,
+                node_id,
+                "approve",
+                fresh.state.value,
+                f"{fresh.label}: approved by admin with host key {fingerprint}",
+                {"fingerprint": fingerprint},
+            )
+            return fresh
+
+    def count(self, state: NodeState) -> int:
+        return int(self._read("SELECT COUNT(*) FROM nodes WHERE state = ?", (state.value,))[0][0])
 
     # -- claims ------------------------------------------------------------------------
 
@@ -740,8 +1040,12 @@ class SqliteStore:
         instance: str,
         observer: str = "",
         lease: float | None = None,
+        auth: str = "",
+        token_id: str | None = None,
     ) -> Absorbed:
-        return await self._run(self._db.ingest, ann, source, instance, observer, lease)
+        return await self._run(
+            self._db.ingest, ann, source, instance, observer, lease, auth, token_id
+        )
 
     async def withdraw(
         self, *, source: Source, instance: str, observer: str = ""
@@ -770,6 +1074,45 @@ class SqliteStore:
 
     async def forget(self, node_id: str, *, message: str) -> NodeRecord | None:
         return await self._run(self._db.forget, node_id, message)
+
+    async def tokens(self) -> list[Token]:
+        return await self._run(self._db.tokens)
+
+    async def create_token(self, token: Token) -> Token:
+        return await self._run(self._db.create_token, token)
+
+    async def revoke_token(self, token_id: str) -> Token | None:
+        return await self._run(self._db.revoke_token, token_id)
+
+    async def windows(self) -> list[Window]:
+        return await self._run(self._db.windows)
+
+    async def open_window(self, window: Window) -> Window:
+        return await self._run(self._db.open_window, window)
+
+    async def close_windows(self, scope: str | None, *, reason: str) -> list[Window]:
+        return await self._run(self._db.close_windows, scope, reason)
+
+    async def deny(self, node_id: str, fingerprint: str, *, reason: str = "") -> None:
+        await self._run(self._db.deny, node_id, fingerprint, reason)
+
+    async def undeny(self, fingerprint: str, *, node_id: str | None = None) -> bool:
+        return await self._run(self._db.undeny, fingerprint, node_id)
+
+    async def denied(self) -> dict[str, str]:
+        return await self._run(self._db.denied)
+
+    async def approve(self, node_id: str, *, fingerprint: str, generation: str) -> NodeRecord:
+        return await self._run(self._db.approve, node_id, fingerprint, generation)
+
+    async def count(self, state: NodeState) -> int:
+        return await self._run(self._db.count, state)
+
+    async def setting(self, key: str) -> str | None:
+        return await self._run(self._db.setting, key)
+
+    async def set_setting(self, key: str, value: str) -> None:
+        await self._run(self._db.set_setting, key, value)
 
     async def lock_registrar(self, owner: str) -> None:
         await self._run(self._db.lock_registrar, owner)

@@ -216,7 +216,7 @@ def test_sc_requirement_not_satisfied(cc: NodeRecord) -> None:
 def test_sc_registered_once_its_cc_is() -> None:
     cc = node("c0000001", "cc", "foo", NodeState.REGISTERED)
     assert decide(node("s0000001", "sc", "foo"), CLC, view(cc)) == Decision(
-        NodeState.REGISTERING, "all requirements met", ("sc", "foo")
+        NodeState.REGISTERING, "all requirements met", ("sc", "foo"), grant="open"
     )
 
 

@@ -117,9 +117,10 @@ def test_script_installs_what_the_seed_writes(
     dirs = {p: e.mode for p, e in files.items() if e.kind == "d"}
     assert dirs["root"] == 0o700 and dirs["root/.ssh"] == 0o700
     assert dirs["etc/autoreg"] == 0o755 and dirs["etc/autoreg/autoreg.conf.d"] == 0o755
-    assert ("etc/autoreg/keys" in dirs) is calls_back
+    # the keys directory holds the node's join token (and with --callback its key)
+    assert dirs["etc/autoreg/keys"] == 0o700
+    assert "/etc/autoreg/keys/join_token (mode 0600)" in result.stdout
     if calls_back:
-        assert dirs["etc/autoreg/keys"] == 0o700
         assert "/etc/autoreg/keys/callback_ed25519 (mode 0600)" in result.stdout
     assert {m for p, m in dirs.items() if p not in ("root", "root/.ssh", "etc/autoreg/keys")} == {
         0o755
@@ -372,7 +373,8 @@ def test_script_output_is_private_and_replaces_a_loose_file(
     assert stat.S_IMODE(out.stat().st_mode) == 0o700
     assert out.read_text().startswith("#!/bin/sh\n")
     assert "controller = ctl.example.org" in out.read_text()
-    assert "secrets: this node's own CALLBACK_KEY" in result.stderr
+    assert "this node's own CALLBACK_KEY" in result.stderr
+    assert "a single-use join token" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["after-install.sh", "controller"]
     to_stdout = controller.run("media", "script", "--role", "walrus")
     assert to_stdout.stdout.startswith("#!/bin/sh\n# autoreg AFTER_INSTALL script for walrus")

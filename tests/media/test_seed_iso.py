@@ -141,12 +141,22 @@ def test_built_seed_reads_back_everywhere_and_carries_the_node(
     written = {f["path"]: f for f in user["write_files"]}
 
     units = [cmd[3] for cmd in user["runcmd"] if cmd[:3] == ["systemctl", "enable", "--now"]]
+    # A single-use join token for exactly this role and cluster: zero-touch under
+    # trust = token, and gone from the node once it is registered (token_file).
+    assert "secrets: a single-use join token" in out
+    assert config.node.token_file == Path("/etc/autoreg/keys/join_token")
+    token = written["/etc/autoreg/keys/join_token"]
+    assert token["permissions"] == "0600"
+    token_id = token["content"].strip().split(".")[0]
+    (listed,) = [t for t in controller.json("token", "list", "--json") if t["id"] == token_id]
+    assert (listed["roles"], listed["cluster"], listed["uses"]) == ([role], cluster, 1)
+    assert token["content"].strip() not in json.dumps(listed)  # never the secret
     if "--callback" in args:
-        assert "secrets: this node's own CALLBACK_KEY" in out
+        assert "this node's own CALLBACK_KEY" in out
         assert units == ["autoreg-announce.service", "autoreg-callback.service"]
         check_callback(controller, config, written, node_id, tmp_path)
     else:
-        assert "secrets: none" in out
+        assert "CALLBACK_KEY" not in out
         assert units == ["autoreg-announce.service"]
         assert not any("PRIVATE KEY" in f["content"] for f in written.values())
         assert config.callback.listen_ports == ()
@@ -160,6 +170,7 @@ def test_built_seed_reads_back_everywhere_and_carries_the_node(
     assert report["ok"] and report["problems"] == []
     assert (report["autoreg_role"], report["node_id"]) == (role, node_id)
     assert report["calls_back"] is ("--callback" in args)
+    assert "/etc/autoreg/keys/join_token" in report["secrets"]
     assert report["files"] == {name: len(data) for name, data in files.items()}
 
 

@@ -1,9 +1,11 @@
 """The Debian packages: build, lint, install into a clean Debian 12 root, register a node
-from the installed files, upgrade from the previous release, remove, purge.
+from the installed files, upgrade from the previous release, remove, purge, install anew.
 
-The release installed first is this tree; the upgrade is this tree as the next
-release would look: version 0.1.1 with one more state-schema migration, so the
-upgrade exercises a real schema migration on a store full of data.
+The release installed first is the previous one, built from the history: the last
+commit before trust existed (0.1.0).  The upgrade is this tree, so it exercises the
+real schema migrations on a store full of data, and the trust rule for upgrades: an
+installation that registered nodes without trust keeps doing so (``open``) and says
+so, while a new installation of this tree starts at ``token``.
 """
 
 from __future__ import annotations
@@ -20,25 +22,29 @@ from support.debroot import DebRoot, build_debs
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(1500)]
 
-NEXT = "0.1.1"
+CURRENT = __import__("registration").__version__
 
 
-def _next_release(src: Path) -> None:
-    """What the next release would add: one more migration (an index)."""
-    schema = src / "registration" / "state" / "_schema.py"
-    schema.write_text(
-        schema.read_text() + "\nMIGRATIONS = (*MIGRATIONS, "
-        '"CREATE INDEX events_kind ON events (kind, seq)")\n'
-        "SCHEMA_VERSION = len(MIGRATIONS)\n"
-    )
+def _before_trust() -> str:
+    """The last commit before trust: the parent of the one that added registration/_trust.py."""
+    added = subprocess.run(
+        ["git", "log", "--diff-filter=A", "--format=%H", "--", "registration/_trust.py"],
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    assert added, "no commit adds registration/_trust.py: the history is missing (shallow clone?)"
+    return f"{added[-1]}^"
 
 
 @pytest.fixture(scope="module")
 def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
     out = tmp_path_factory.mktemp("debs")
     return {
+        "previous": build_debs(out / "previous", ref=_before_trust()),
         "current": build_debs(out / "current"),
-        "next": build_debs(out / "next", version=NEXT, patch=_next_release),
     }
 
 
@@ -90,7 +96,7 @@ def test_install_register_upgrade_remove_purge(
     alab: AutoregLab, debs: dict[str, list[Path]], debroot: DebRoot
 ) -> None:
     root = debroot.path
-    _installed(debroot, debs["current"], "/tmp/debs-current")
+    _installed(debroot, debs["previous"], "/tmp/debs-previous")
     # What the packages set up: user, hooks, units, sshd drop-in that sshd accepts.
     debroot.run(["getent", "passwd", "autoreg-callback"])
     assert (root / "etc/autoreg/hooks.d/walrus").resolve() == (
@@ -165,16 +171,23 @@ poll_interval = 0.2
     first_schema = _status(debroot)["schema_version"]
     assert daemon.terminate() == 0
 
-    # Upgrade to the next release: same registrations, same switches, schema migrated.
-    _installed(debroot, debs["next"], "/tmp/debs-next")
-    assert debroot.run(["autoreg", "--version"]).stdout.strip().endswith(NEXT)
+    # Upgrade to this release: same registrations, same switches, schema migrated, and
+    # the trust of a version without trust: open, said in the log and in the status.
+    _installed(debroot, debs["current"], "/tmp/debs-current")
+    assert debroot.run(["autoreg", "--version"]).stdout.strip().endswith(CURRENT)
     assert admin_note in conf.read_text()
     assert not list((root / "etc/autoreg").glob("*.dpkg-*"))
     daemon = ctl.spawn(debroot.chroot_argv(["autoreg", "daemon"]), log_name="daemon2")
     daemon.wait_for_log(r"registrar clc started", 60)
     status = _status(debroot)
-    assert status["schema_version"] == first_schema + 1  # type: ignore[operator]
+    assert status["schema_version"] > first_schema  # type: ignore[operator]
     assert status["lockdown"] == {"cc": True}
+    trust = status["trust"]
+    assert trust["policy"] == "open" and "version without trust" in trust["source"]  # type: ignore[index]
+    assert "trust = open" in daemon.log_text()
+    assert "warning: every well-formed announcement" in debroot.run(
+        ["autoreg", "status"]
+    ).stderr
     assert node_state() == "registered"
     wait_until(
         lambda: json.loads(debroot.run(["autoreg", "show", "walrus-deb", "--json"]).stdout)["node"][
@@ -201,3 +214,13 @@ poll_interval = 0.2
     assert not (root / "etc/autoreg/autoreg.conf").exists()
     # The admin's own drop-in is not the packages' to delete.
     assert (root / "etc/autoreg/autoreg.conf.d/10-test.conf").exists()
+
+    # A new installation of this release trusts signed announcements only.
+    _installed(debroot, debs["current"], "/tmp/debs-current")
+    debroot.run(["autoreg", "keys", "init"])
+    daemon = ctl.spawn(debroot.chroot_argv(["autoreg", "daemon"]), log_name="daemon3")
+    daemon.wait_for_log(r"registrar clc started", 60)
+    trust = _status(debroot)["trust"]
+    assert (trust["policy"], trust["source"]) == ("token", "default")  # type: ignore[index]
+    assert "trust = open" not in daemon.log_text()
+    assert daemon.terminate() == 0

@@ -118,6 +118,9 @@ class Station:
                 "hook_timeout": "20",
                 "node_receipt_path": str(self.lab.node_dir("{id}") / "receipt.json"),
                 "credentials_dir": str(self.host.workdir / "credentials"),
+                # Most scenarios are about something else than trust: they register
+                # every node, as a version without trust did.  Trust tests set it.
+                "trust": "open",
             },
         }
         if self.role:

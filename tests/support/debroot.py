@@ -217,22 +217,34 @@ class DebRoot:
 
 
 def build_debs(
-    outdir: Path, *, version: str | None = None, patch: Callable[[Path], None] | None = None
+    outdir: Path,
+    *,
+    version: str | None = None,
+    patch: Callable[[Path], None] | None = None,
+    ref: str | None = None,
 ) -> list[Path]:
-    """Build the .debs from a copy of the tracked source tree into ``outdir``."""
+    """Build the .debs from a copy of the tracked source tree into ``outdir``.
+
+    ``ref``: build that commit instead (an earlier release, from the history).
+    """
     outdir.mkdir(parents=True, exist_ok=True)
     src = outdir / "src" / "autoreg"
-    files = _run(
-        ["git", "ls-files", "-z"],
-        timeout=60,
-        cwd=SOURCE,
-        env={**_ENV, "GIT_DIR": str(SOURCE / ".git")},
-    ).stdout.split("\0")
-    for name in filter(None, files):
-        if not (SOURCE / name).exists():
-            continue
-        (src / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(SOURCE / name, src / name)
+    git_env = {**_ENV, "GIT_DIR": str(SOURCE / ".git")}
+    if ref is not None:
+        src.mkdir(parents=True)
+        archive = outdir / "source.tar"
+        _run(["git", "archive", "--format=tar", "-o", str(archive), ref], timeout=60,
+             cwd=SOURCE, env=git_env)  # fmt: skip
+        _run(["tar", "-x", "-f", str(archive), "-C", str(src)], timeout=60)
+    else:
+        files = _run(["git", "ls-files", "-z"], timeout=60, cwd=SOURCE, env=git_env).stdout.split(
+            "\0"
+        )
+        for name in filter(None, files):
+            if not (SOURCE / name).exists():
+                continue
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(SOURCE / name, src / name)
     if patch is not None:
         patch(src)
     if version is not None:

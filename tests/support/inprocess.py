@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import heapq
 import itertools
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,8 +31,9 @@ class _Timer:
 class FakeClock:
     """Wall time that moves only when told; timers fire as it passes them."""
 
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.now = start
+    def __init__(self, start: float | None = None) -> None:
+        # Near the real time: tokens and windows made by the admin's commands carry it.
+        self.now = float(int(time.time())) if start is None else start
         self._heap: list[tuple[float, int, _Timer, Callable[[], None]]] = []
         self._seq = itertools.count()
 

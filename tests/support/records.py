@@ -27,6 +27,8 @@ S = NodeState
 
 _PATHS: dict[NodeState, list[NodeState]] = {
     S.SEEN: [],
+    S.PENDING: [S.PENDING],
+    S.CONFLICT: [S.CONFLICT],
     S.WAITING: [S.WAITING],
     S.LOCKED: [S.LOCKED],
     S.REFUSED: [S.REFUSED],
