@@ -113,6 +113,8 @@ class Daemon:
         self._registrations: Registrations | None = None
         self._io = ThreadLimiter("autoreg-ssh", config.controller.max_parallel)
         self._stopping = asyncio.Event()
+        #: Set once start() has finished: browsing, deciding, announced, status written.
+        self.started = asyncio.Event()
         self._locked = False  # we hold the store's registrar lock
         self._interrupted: list[str] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -222,6 +224,7 @@ class Daemon:
         ]
         await self._announce_self()
         self._write_status()
+        self.started.set()
 
     async def close(self) -> None:
         """Stop everything that started (also after a failed start), in order."""

@@ -1,6 +1,6 @@
 """Trust in the daemon, in-process: pending, approvals, denials, tokens, windows, the
 queue bound.  The same daemon runs as a process against real sshd in
-tests/integration/test_trust.py."""
+tests/integration/test_trust_on_the_lab.py."""
 
 from __future__ import annotations
 

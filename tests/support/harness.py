@@ -82,7 +82,12 @@ class Harness:
 
     async def __aenter__(self) -> Harness:
         self.task = asyncio.ensure_future(self.daemon.run())
-        await until(lambda: self.daemon._recon is not None and self.daemon._tasks, "start")
+        started = asyncio.ensure_future(self.daemon.started.wait())
+        done, _ = await asyncio.wait({started, self.task}, timeout=10,
+                                     return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        if self.task in done:
+            self.task.result()  # a failed start: raise what it raised
+        assert started in done, "the daemon did not start within 10 s"
         return self
 
     async def __aexit__(self, *exc: object) -> None:
