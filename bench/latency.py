@@ -13,9 +13,12 @@ receive timestamp, the first mDNS packet that carries the node's id, and the
 first *response* (announcement) that does.  All namespaces share one kernel
 clock, so the timestamps compare directly.
 
-Two modes, interleaved trial by trial: ``no_probe`` (the shipped default,
-``cooperating_responders=True``: the first announcement goes out at once) and
-``probe`` (RFC 6762 §8.1 probing before the first announcement).
+Three modes, interleaved trial by trial: ``no_probe`` (the shipped default,
+``cooperating_responders=True``: the first announcement goes out at once),
+``probe`` (RFC 6762 §8.1 probing before the first announcement), and ``signed``
+(as ``no_probe``, the record signed with a join token: the registrar checks the
+signature and spends the token's use in the transaction that starts the
+registration).  ``signed_vs_unsigned`` compares the two in the same run.
 
     sudo python bench/latency.py [--trials K] [--json-out FILE]
 
@@ -58,7 +61,14 @@ RFC_PROBES = 3
 RFC_PROBE_INTERVAL_S = 0.25
 RFC_PROBE_FLOOR_S = sum(RFC_PROBE_RANDOM_DELAY_S) / 2 + RFC_PROBES * RFC_PROBE_INTERVAL_S
 
-MODES: dict[str, bool] = {"no_probe": False, "probe": True}  # name -> probe
+#: name -> (probe, signed)
+MODES: dict[str, tuple[bool, bool]] = {
+    "no_probe": (False, False),
+    "probe": (True, False),
+    "signed": (False, True),
+}
+#: Goal: a signed node's end-to-end latency within 10 % of an unsigned one's (medians).
+GOAL_SIGNED_RATIO = 1.10
 ROLE = "bench"  # registered_by = clc, unique = none: any number of trials may register
 REGISTRAR_ROLE = "clc"
 LAB_INDEX = 77  # 198.18.77.0/24, inside the lab's own namespaces only
@@ -100,6 +110,7 @@ def publisher_main(argv: list[str]) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--fp", required=True)
     p.add_argument("--probe", action="store_true")
+    p.add_argument("--token", help="sign with this join token (ID.SECRET)")
     args = p.parse_args(argv)
     return asyncio.run(_publish(args))
 
@@ -110,6 +121,7 @@ async def _publish(args: argparse.Namespace) -> int:
         Announcement,
         encode_node,
         instance_name,
+        parse_token,
     )
     from registration.transport import ZeroconfTransport
 
@@ -120,7 +132,8 @@ async def _publish(args: argparse.Namespace) -> int:
     ann = Announcement(
         node_id=args.id, role=args.role, ip=args.ip, port=args.port, fingerprint=args.fp
     )
-    txt = encode_node(ann)
+    token = parse_token(args.token) if args.token else None
+    txt = encode_node(ann, token=token, now=time.time())
     # As autoreg announce: the transport bound to the node's address, then publish at once.
     transport = ZeroconfTransport([ann.ip])
     await transport.start()
@@ -343,6 +356,13 @@ class Bench:
             alab = self.alab = AutoregLab(lab)
             ctl = self.ctl = alab.registrar("ctl", REGISTRAR_ROLE)
             ctl.extra = {f"role:{ROLE}": {"registered_by": REGISTRAR_ROLE, "unique": "none"}}
+            # trust = open, so that unsigned trials register too; a signed one is still
+            # checked and admitted by its token (grant token:ID, a use spent).
+            ctl.extra["controller"] = {"trust": "open"}
+            ctl.write_config()
+            self.join_token = ctl.cli(
+                "token", "create", "--role", ROLE, "--uses", "10000", "--ttl", "2h"
+            ).stdout.strip().splitlines()[-1]
             self.hook_dir = self.workdir / "hook-started"
             self.hook_dir.mkdir()
             ctl.hook(ROLE, HOOK.format(dir=shlex.quote(str(self.hook_dir))))
@@ -392,8 +412,11 @@ class Bench:
             "--ip", station.host.ip, "--port", str(station.sshd.port),
             "--fp", station.sshd.fingerprint,
         ]  # fmt: skip
-        if MODES[mode]:
+        probe, signed = MODES[mode]
+        if probe:
             argv.append("--probe")
+        if signed:
+            argv += ["--token", self.join_token]
         publisher = station.host.spawn(argv, log_name="publisher")
         try:
             match = publisher.wait_for_log(r'^\{"published": .*$', READY_TIMEOUT)
@@ -489,7 +512,7 @@ class Bench:
             # The floor is what the installed python-zeroconf's probing takes (≈1.2 s for
             # 0.154); RFC 6762 §8.1's own minimum is reported beside it.
             probe_floor = zc["expected_floor_s"] if zc else RFC_PROBE_FLOOR_S
-            floor = probe_floor if MODES[mode] else 0.0
+            floor = probe_floor if MODES[mode][0] else 0.0
 
             def col(key: str, rows: list[dict[str, Any]] = timed) -> list[float]:
                 return [r[key] for r in rows]
@@ -538,8 +561,21 @@ class Bench:
             if self.failures[mode]:
                 entry["failure_reasons"] = [f[:300] for f in self.failures[mode]]
             modes[mode] = entry
+        signed_vs_unsigned: dict[str, Any] | None = None
+        plain = [s["end_to_end_s"] for s in self.samples if s["mode"] == "no_probe"
+                 and not s["warmup"]]  # fmt: skip
+        signed = [s["end_to_end_s"] for s in self.samples if s["mode"] == "signed"
+                  and not s["warmup"]]  # fmt: skip
+        if plain and signed:
+            ratio = percentile(signed, 0.5) / percentile(plain, 0.5)
+            signed_vs_unsigned = {
+                "median_ratio": round(ratio, 3),
+                "goal_ratio": GOAL_SIGNED_RATIO,
+                "goal_met": ratio <= GOAL_SIGNED_RATIO,
+            }
         out: dict[str, Any] = {
             "benchmark": "latency",
+            "signed_vs_unsigned": signed_vs_unsigned,
             "trials": self.args.trials,
             "warmup_trials": self.args.warmup,
             "modes": modes,

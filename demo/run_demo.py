@@ -378,6 +378,8 @@ class Demo:
         st.hooks_dir.mkdir(parents=True, exist_ok=True)
         for hook in hooks:  # shipped scripts, linked: they find lib/ through readlink -f
             (st.hooks_dir / hook).symlink_to(SCRIPTS / hook)
+        # A new installation's trust: signed announcements register, unsigned ones wait.
+        st.extra.setdefault("controller", {})["trust"] = "token"
         creds = st.host.workdir / "credentials"
         creds.mkdir(mode=0o700, exist_ok=True)
         for file_name, what in credentials.items():
@@ -432,10 +434,24 @@ class Demo:
         self.act2_tables()
         self.act3_lockdown()
         self.act4_hook()
+        self.act5_trust()
         done = self.done
         counts = {"clc": [n for n in ("walrus", "cc1", "sc1") if n in done],
-                  "cc1": [n for n in ("nc1", "nc2", "nc3") if n in done]}
-        return {"registered": counts, "refused": ["sc2"], "locked_then_registered": ["nc3"]}
+                  "cc1": [n for n in ("nc1", "nc2", "nc3", "nc4", "nc5", "nc6") if n in done]}
+        return {"registered": counts, "refused": ["sc2"], "locked_then_registered": ["nc3"],
+                "denied": ["rogue"], "approved": ["nc4"], "window": ["nc5", "nc6"],
+                "pending": ["nc7"]}
+
+    def token(self, registrar: Station, *args: str) -> str:
+        """`autoreg token create ARGS`, shown; the token (ID.SECRET) from its last line."""
+        return self.cli(registrar, "token", "create", *args).strip().splitlines()[-1]
+
+    def give_token(self, node: Station, token: str) -> None:
+        """The token on the node, as an install medium leaves it (deleted once used)."""
+        path = node.host.workdir / "join_token"
+        path.write_text(token + "\n")
+        path.chmod(0o600)
+        node.extra.setdefault("node", {})["token_file"] = str(path)
 
     def build(self, lab: netlab.Lab) -> None:
         """The hosts, their sshds, keys, hooks and credentials; nothing runs yet."""
@@ -465,6 +481,19 @@ class Demo:
         self.build(lab)
         clc, cc1, walrus, sc1, nc1, nc2 = (
             self.stations[n] for n in ("clc", "cc1", "walrus", "sc1", "nc1", "nc2"))
+
+        out.step("The admin vouches for the machines being installed: join tokens, one use "
+                 "per machine (install media carry one each; here they are handed over)")
+        for_clc = self.token(clc, "--role", "walrus", "--role", "cc", "--role", "sc",
+                             "--uses", "3", "--ttl", "1h", "--description", "demo: the cloud")
+        for_cc1 = self.token(cc1, "--role", "nc", "--cluster", CLUSTER, "--uses", "3",
+                             "--ttl", "1h", "--description", "demo: cluster foo's NCs")
+        for st in (walrus, sc1, cc1):
+            self.give_token(st, for_clc)
+        for st in (nc1, nc2):
+            self.give_token(st, for_cc1)
+        self.cc1_token = for_cc1
+        self.pause()
 
         out.step("Starting the registrars: the CLC, and cc1 (it registers cluster foo's NCs)")
         self.start_daemon(clc)
@@ -546,6 +575,8 @@ class Demo:
         out.ok("cc1's registrar now announces state=locked")
         out.step("Booting a third NC, nc3:")
         nc3 = self.node("nc3", "nc", CLUSTER)
+        self.alab_authorize()
+        self.give_token(nc3, self.cc1_token)
         self.boot(nc3)
         self.wait_state(cc1, nc3, S.LOCKED)
         hold = LOCK_HOLD if not self.args.fast else 1.0
@@ -558,8 +589,11 @@ class Demo:
         self.cli(cc1, "list", "--state", "locked")
         self.pause()
 
-        out.step("Booting a second storage controller for cluster foo, sc2:")
+        out.step("Booting a second storage controller for cluster foo, sc2 (with a token of "
+                 "its own):")
         sc2 = self.node("sc2", "sc", CLUSTER)
+        self.alab_authorize()
+        self.give_token(sc2, self.token(clc, "--role", "sc", "--cluster", CLUSTER, "--ttl", "1h"))
         self.boot(sc2)
         refused = self.wait_state(clc, sc2, S.REFUSED,
                                   reason=f"a sc for cluster {CLUSTER} is already registered: sc1")
@@ -576,6 +610,58 @@ class Demo:
                   lambda: self.registrar_state(cc1) == "active")
         self.pause(0.5)
         out.ok("nc3 registered; cc1's registrar is active again")
+        self.pause()
+
+    def alab_authorize(self) -> None:
+        assert self.alab is not None
+        self.alab.authorize_all()
+
+    def act5_trust(self) -> None:
+        out = self.out
+        clc, cc1 = self.stations["clc"], self.stations["cc1"]
+        self.act = "5. Trust: nothing registers just because it spoke"
+        out.header(self.act)
+        out.step("A machine nobody vouched for, `rogue`, announces itself as a Walrus "
+                 "(no token):")
+        rogue = self.node("rogue", "walrus")
+        self.alab_authorize()
+        self.boot(rogue)
+        rec = self.wait_state(clc, rogue, S.PENDING)
+        assert rogue.sshd is not None
+        contacted = rogue.sshd.proc.log_text().count(f"Connection from {clc.host.ip} ")
+        self.expect(contacted == 0, "the CLC connected to a pending node")
+        out.ok(f"rogue waits in the approval queue ({rec.reason.split(':')[0]}); the CLC has "
+               "not opened a single SSH connection to it")
+        self.cli(clc, "pending")
+        self.cli(clc, "deny", "rogue", "--reason", "demo: not in the inventory")
+        self.wait_state(clc, rogue, S.REJECTED, reason="denied by admin")
+        out.ok("rogue is denied: its host key stays refused whenever it announces, under any id")
+        self.pause()
+
+        out.step("nc4 was installed without a token: it waits until the admin approves it")
+        nc4 = self.node("nc4", "nc", CLUSTER)
+        self.alab_authorize()
+        self.boot(nc4)
+        self.wait_state(cc1, nc4, S.PENDING)
+        self.cli(cc1, "approve", "nc4")
+        self.done["nc4"] = self.wait_state(cc1, nc4, S.REGISTERED)
+        out.ok("nc4 registered once approved (the approval pins the host key the admin saw)")
+        self.pause()
+
+        out.step("An install window on cc1: unsigned NCs welcome, at most two, for ten minutes")
+        self.cli(cc1, "window", "open", "--role", "nc", "--for", "10m", "--max", "2")
+        late = [self.node(f"nc{i}", "nc", CLUSTER) for i in (5, 6, 7)]
+        self.alab_authorize()
+        for st in late[:2]:
+            self.boot(st)
+            self.done[st.host.name] = self.wait_state(cc1, st, S.REGISTERED)
+        self.wait("the window to seal itself", lambda: "sealed" in self.cli(
+            cc1, "window", "status", show=False))
+        self.boot(late[2])
+        self.wait_state(cc1, late[2], S.PENDING)
+        self.cli(cc1, "window", "status")
+        out.ok("nc5 and nc6 registered, the window sealed itself after two, and nc7 waits "
+               "for an approval")
         self.pause()
 
     def act4_hook(self) -> None:
@@ -762,7 +848,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear st
             try:
                 demo.stop_followers()
                 out.stop()
-                out.header("5. Cleaning up")
+                out.header("6. Cleaning up")
                 if lab is not None:
                     out.step("stopping the registrars, announcers and sshds; deleting the "
                              "namespaces")
@@ -801,7 +887,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear st
     by = "; ".join(f"{k}: {', '.join(v)}" for k, v in regs.items())
     line = (f"autoreg demo: OK — {total} nodes registered ({by}), "
             f"{len(result['refused'])} refused (sc2), nc3 held by lockdown then registered, "
-            f"in {elapsed:.1f}s{cleanup_note}")
+            "rogue denied, nc4 approved, nc5/nc6 through an install window that sealed, "
+            f"nc7 pending, in {elapsed:.1f}s{cleanup_note}")
     with out.lock:
         print(line, flush=True)
     return code

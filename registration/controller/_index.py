@@ -201,12 +201,13 @@ class NodeIndex:
         """Another node id that holds ``node``'s host key (one host key is one node).
 
         A node holds its key while it is pinned (registering, registered,
-        interrupted), or while it is present and announced the key first.
+        interrupted), or while it is present and announced the key first; never
+        when it was rejected (its claim to the key was refuted, or denied).
         """
         mine = (node.first_seen, node.node_id)
         for node_id in self._by_key.get(node.fingerprint, ()):
             other = self._nodes[node_id]
-            if node_id == node.node_id:
+            if node_id == node.node_id or other.state is NodeState.REJECTED:
                 continue
             if other.state in PINNED:
                 return other
@@ -232,7 +233,13 @@ def _slot(rec: NodeRecord | None) -> tuple[str, str | None] | None:
 def _key_claim(rec: NodeRecord | None) -> tuple[Any, ...] | None:
     if rec is None:
         return None
-    return (rec.fingerprint, rec.state in PINNED, rec.present, rec.first_seen)
+    return (
+        rec.fingerprint,
+        rec.state in PINNED,
+        rec.state is NodeState.REJECTED,
+        rec.present,
+        rec.first_seen,
+    )
 
 
 def _registered(rec: NodeRecord | None) -> tuple[str, str | None] | None:

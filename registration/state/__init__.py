@@ -71,6 +71,4 @@ async def open_store(
     config: Config, *, readonly: bool = False, origin: str | None = None
 ) -> StateStore:
     """The configured state store, opened (and migrated, unless ``readonly``)."""
-    return await SqliteStore.open(
-        config.db_path, readonly=readonly, origin=origin or cli_origin()
-    )
+    return await SqliteStore.open(config.db_path, readonly=readonly, origin=origin or cli_origin())

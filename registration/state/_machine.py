@@ -107,18 +107,14 @@ TRAITS: Final[Mapping[NodeState, Traits]] = {
     S.REFUSED: Traits("uniqueness: another node holds the slot", decidable=True),
     S.REJECTED: Traits("spoofed, malformed, or declined by the hook", final=True),
     S.UNREACHABLE: Traits("SSH failed; retried with backoff", decidable=True, retryable=True),
-    S.REGISTERING: Traits(
-        "verifying over SSH and running the hook", holds_slot=True, claimed=True
-    ),
+    S.REGISTERING: Traits("verifying over SSH and running the hook", holds_slot=True, claimed=True),
     S.FAILED: Traits("the hook failed; retried with backoff", decidable=True, retryable=True),
     S.INTERRUPTED: Traits("stopped during its hook: the admin decides", final=True),
     S.CONFLICT: Traits("two host keys announce this id: the admin picks one", final=True),
     S.REGISTERED: Traits("done, exactly once", holds_slot=True, final=True),
 }
 
-_DECIDED: Final = frozenset(
-    {S.PENDING, S.WAITING, S.LOCKED, S.REFUSED, S.REJECTED, S.REGISTERING}
-)
+_DECIDED: Final = frozenset({S.PENDING, S.WAITING, S.LOCKED, S.REFUSED, S.REJECTED, S.REGISTERING})
 #: Ingestion may find that a second host key announces a node's id: a conflict.
 _CONTESTED: Final = frozenset({S.CONFLICT})
 
@@ -218,9 +214,7 @@ def apply_change(
     if change.generation is not None and rec.generation != change.generation:
         raise LostRace(f"{rec.node_id} was forgotten and announced anew meanwhile")
     if rec.state is not change.expect:
-        raise LostRace(
-            f"{rec.node_id} is {rec.state.value}, not {change.expect.value} any more"
-        )
+        raise LostRace(f"{rec.node_id} is {rec.state.value}, not {change.expect.value} any more")
     if change.to not in TRANSITIONS[change.expect]:
         raise IllegalTransition(
             f"{rec.node_id}: {change.expect.value} → {change.to.value} is not an allowed transition"

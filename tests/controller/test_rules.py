@@ -292,3 +292,11 @@ def test_the_key_rule_comes_before_lockdown() -> None:
     holder = node("c0000001", "cc", "foo", NodeState.REGISTERED)
     relabelled = dataclasses.replace(node("w0000009", "walrus"), fingerprint=holder.fingerprint)
     assert decide(relabelled, CLC, view(holder, locked=["*"])).state is NodeState.REFUSED
+
+
+def test_a_rejected_node_does_not_hold_the_key_it_claimed() -> None:
+    spoof = dataclasses.replace(node("w0000001", "walrus", state=NodeState.REJECTED),
+                                first_seen=1.0)  # fmt: skip
+    other = dataclasses.replace(node("c0000001", "cc", "foo"), fingerprint=spoof.fingerprint,
+                                first_seen=2.0)  # fmt: skip
+    assert decide(other, CLC, view(spoof, other)).state is NodeState.REGISTERING
