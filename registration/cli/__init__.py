@@ -25,7 +25,9 @@ from .._config import Config, load_config
 from .._exceptions import AutoregError
 from .._text import escape_controls
 from .._version import __version__
+from ..controller._hooks import OUTPUT_LIMIT
 from ._output import (
+    SHOWN_OUTPUT_LINES,
     emit_json,
     format_event,
     format_node_detail,
@@ -287,11 +289,22 @@ def list_(obj: _Ctx, as_json: bool, states: tuple[str, ...], role: str | None) -
     "count",
     default=20,
     show_default=True,
+    type=click.IntRange(min=0),
     help="How many of the node's latest events to show.",
 )
+@click.option(
+    "--full",
+    is_flag=True,
+    help=f"All the hook output kept (the last {OUTPUT_LIMIT // 1024} KiB of each stream), "
+    f"not only its last {SHOWN_OUTPUT_LINES} lines.",
+)
 @pass_ctx
-def show(obj: _Ctx, node: str, as_json: bool, count: int) -> None:
-    """Show one node (by id, id prefix, name or address) and its recent events."""
+def show(obj: _Ctx, node: str, as_json: bool, count: int, full: bool) -> None:
+    """Show one node (by id, id prefix, name or address) and its recent events.
+
+    Each hook run shows how it ended and the last lines of its output, saying
+    when lines were left out; --full shows all that was kept.
+    """
     async def detail() -> tuple[Any, list[Any]]:
         async with _admin.store_for(obj.config(), readonly=True) as store:
             rec = await store.find(node)
@@ -302,25 +315,48 @@ def show(obj: _Ctx, node: str, as_json: bool, count: int) -> None:
         if as_json:
             emit_json({"node": rec.to_json(), "events": [e.to_json() for e in events]})
         else:
-            click.echo(format_node_detail(rec, events))
+            click.echo(format_node_detail(rec, events, full=full))
 
 
 @cli.command()
+@click.argument("node_ref", metavar="[NODE]", required=False)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new events.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--node", help="Only events of this node.")
+@click.option("--node", help="Only events of this node (the same as the NODE argument).")
 @click.option(
-    "-n", "--last", "count", default=50, show_default=True, help="Start with this many past events."
+    "-n",
+    "--last",
+    "count",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Start with this many past events (0: only new ones, with --follow).",
 )
 @click.option("--timeout", type=float, help="With --follow: stop after this many seconds.")
 @pass_ctx
 def events(
-    obj: _Ctx, follow: bool, as_json: bool, node: str | None, count: int, timeout: float | None
+    obj: _Ctx,
+    node_ref: str | None,
+    follow: bool,
+    as_json: bool,
+    node: str | None,
+    count: int,
+    timeout: float | None,
 ) -> None:
-    """Print the event log (every decision, with its reason)."""
+    """Print the event log (every decision, with its reason), of one NODE or of all.
+
+    A hook run's line ends with how the hook ended; `autoreg show NODE` prints
+    its output.
+    """
+    if node_ref is not None and node is not None and node_ref != node:
+        raise click.UsageError(f"two nodes given: {node_ref} and --node {node}; give one")
+    node = node or node_ref
 
     def out(event: Any) -> None:
-        click.echo(json_line(event.to_json()) if as_json else format_event(event))
+        if as_json:
+            click.echo(json_line(event.to_json()))
+        else:
+            click.echo(format_event(event, node=node is None))
 
     async def follow_events(config: Config) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
