@@ -159,7 +159,13 @@ def tunnel_list(obj: _Ctx, as_json: bool, probe: bool) -> None:
 @tunnel.command("sshd-config")
 @pass_ctx
 def tunnel_sshd_config(obj: _Ctx) -> None:
-    """Print the sshd_config Match block for the callback user."""
+    """Print the sshd_config Match block for the callback user.
+
+    \b
+    A drop-in of its own (a Match block holds every line after it):
+      autoreg tunnel sshd-config > /etc/ssh/sshd_config.d/autoreg-callback.conf
+    Global settings such as Port go in another file (docs/admin.md).
+    """
     with _errors():
         click.echo(controller.sshd_match_block(obj.config()))
 
