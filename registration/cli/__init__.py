@@ -22,10 +22,11 @@ import click
 
 from .. import _admin
 from .._config import Config, load_config
-from .._exceptions import AutoregError
+from .._exceptions import AutoregError, ConfigError
 from .._text import escape_controls
 from .._version import __version__
 from ..controller._hooks import OUTPUT_LIMIT
+from ..state import NodeState
 from ._output import (
     SHOWN_OUTPUT_LINES,
     emit_json,
@@ -48,6 +49,26 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
+#: The flag behind each configuration override the commands pass (``section.key``).
+_FLAG_OF: dict[str, str] = {
+    "autoreg.state_dir": "--state-dir",
+    "autoreg.interfaces": "--interface",
+    "controller.role": "--role",
+    "controller.cluster": "--cluster",
+    "controller.hooks_dir": "--hooks-dir",
+    "node.role": "--role",
+    "node.cluster": "--cluster",
+    "node.interface": "--interface",
+    "node.address": "--address",
+    "node.id": "--id",
+    "node.name": "--name",
+    "node.ssh_port": "--port",
+    "node.host_key": "--host-key",
+    "node.receipt_path": "--receipt",
+    "node.probe": "--probe",
+}
+
+
 @dataclasses.dataclass
 class _Ctx:
     config_path: Path | None
@@ -55,7 +76,18 @@ class _Ctx:
     verbose: int
 
     def config(self, **more: str | None) -> Config:
-        return load_config(self.config_path, overrides={**self.overrides, **more})
+        """The configuration with this command's flags; a bad flag is a usage error naming it."""
+        try:
+            return load_config(self.config_path, overrides={**self.overrides, **more})
+        except ConfigError as exc:
+            source = exc.source or ""
+            flag = _FLAG_OF.get(source.removeprefix("option for "))
+            if not source.startswith("option for ") or flag is None:
+                raise
+            message = escape_controls(str(exc).removeprefix(f"{source}: "))
+            raise click.UsageError(
+                f"{flag}: {message}", ctx=click.get_current_context(silent=True)
+            ) from exc
 
 
 pass_ctx = click.make_pass_decorator(_Ctx)
@@ -257,7 +289,13 @@ def discover(obj: _Ctx, timeout: float, as_json: bool) -> None:
 
 @cli.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--state", "states", multiple=True, help="Only nodes in this state (repeatable).")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([s.value for s in NodeState]),
+    help="Only nodes in this state (repeatable).",
+)
 @click.option("--role", help="Only nodes of this role.")
 @pass_ctx
 def list_(obj: _Ctx, as_json: bool, states: tuple[str, ...], role: str | None) -> None:

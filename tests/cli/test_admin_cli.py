@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from test_cli_offline import Env
 
+import registration._config as config_module
 from registration._config import ENV_OVERRIDES
 from registration.state import NodeState
 from support.records import put_sync
@@ -140,3 +141,97 @@ def test_events_follow_with_no_history(env: Env) -> None:
 def test_events_negative_count_is_a_usage_error(env: Env) -> None:
     env.init_store()
     assert env.run("events", "-n", "-1").exit_code == 2
+
+
+# -- announce: a bad flag is a usage error naming the flag, before anything is sent ----------
+
+
+@pytest.fixture
+def no_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should a check let a bad flag through, fail here instead of announcing from this host."""
+    import registration.cli as cli_module
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the announcer was started: the flags should have been refused")
+
+    monkeypatch.setattr(cli_module, "_run_service", refuse)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (
+            ["--role", "walrsu"],
+            "--role: role 'walrsu' is not in profile 'eucalyptus' (roles: cc, clc, nc, sc, walrus)",
+        ),
+        (
+            ["--role", "walrus", "--id", "sc1"],
+            "--id: invalid value 'sc1': must be 4-40 characters of A-Z a-z 0-9 _ -, "
+            "starting with a letter or digit",
+        ),
+        (
+            ["--role", "walrus", "--cluster", "foo"],
+            "--cluster: role 'walrus' has no cluster in profile 'eucalyptus': drop cluster 'foo'",
+        ),
+        (["--role", "nc", "--name", "my_host"], "--name: invalid value 'my_host'"),
+    ],
+)
+def test_announce_refuses_bad_flags_naming_them(
+    env: Env, no_service: None, flags: list[str], expected: str
+) -> None:
+    result = env.run("announce", *flags)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert f"Error: {expected}" in result.stderr
+    assert str(env.config) not in result.stderr  # the file is not to blame
+
+
+def test_daemon_role_flag_is_named(env: Env, no_service: None) -> None:
+    result = env.run("daemon", "--role", "nc", "--cluster", "foo")
+    assert result.exit_code == 2
+    assert "--role: role 'nc' registers nothing" in result.stderr
+
+
+def test_announce_bad_value_in_the_file_names_the_file(env: Env, no_service: None) -> None:
+    env.config.write_text("[node]\nrole = walrus\ncluster = foo\n")
+    result = env.run("announce")
+    assert result.exit_code == 78
+    assert f"{env.config} [node]: role 'walrus' has no cluster" in result.stderr
+
+
+def test_empty_autoreg_config_is_not_the_current_directory(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTOREG_CONFIG", "")
+    monkeypatch.setattr(config_module, "DEFAULT_CONFIG_PATH", env.tmp / "absent" / "autoreg.conf")
+    from click.testing import CliRunner
+
+    from registration.cli import cli
+
+    result = CliRunner().invoke(cli, ["--state-dir", str(env.state), "list"])
+    assert "Is a directory" not in result.stderr
+    assert "no state database" in result.stderr  # the default file is absent: defaults apply
+
+
+# -- list --state, lockdown status ----------
+
+
+def test_list_unknown_state_is_a_usage_error_listing_the_states(env: Env) -> None:
+    env.init_store()
+    result = env.run("list", "--state", "bogus")
+    assert result.exit_code == 2
+    assert "'bogus' is not one of" in result.stderr
+    for state in ("seen", "waiting", "registered", "failed", "interrupted", "conflict"):
+        assert f"'{state}'" in result.stderr
+
+
+def test_lockdown_status_says_that_all_roles_wins(env: Env) -> None:
+    env.ok("lockdown", "on")
+    result = env.ok("lockdown", "off", "--role", "walrus")
+    assert "lockdown is on for all roles, and that wins: walrus stays locked" in result.stderr
+    assert env.ok("lockdown", "status").stdout == (
+        "all roles: on\n"
+        "walrus: off (locked all the same: the switch for all roles is on, and it wins)\n"
+    )
+    env.ok("lockdown", "off")
+    assert env.ok("lockdown", "status").stdout == "all roles: off\nwalrus: off\n"
+    assert "stays locked" not in env.ok("lockdown", "off", "--role", "walrus").stderr
