@@ -115,6 +115,20 @@ def _setup_logging(level: str, verbose: int) -> None:
         logging.getLogger("paramiko").setLevel(logging.WARNING)
 
 
+def _quiet_libraries(verbose: int) -> None:
+    """Commands that dial out: library log records (paramiko's tracebacks) stay out of sight.
+
+    Their errors reach the admin as autoreg's own one-line reasons; ``-v`` shows them all.
+    """
+    if verbose:
+        _setup_logging("debug", verbose)
+        return
+    for name in ("paramiko", "zeroconf"):
+        library = logging.getLogger(name)
+        library.addHandler(logging.NullHandler())
+        library.propagate = False
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="autoreg")
 @click.option(
@@ -266,11 +280,17 @@ def announce(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def discover(obj: _Ctx, timeout: float, as_json: bool) -> None:
-    """List the registrars announcing themselves on this network."""
-    from ..node import discover_registrars
+    """List the registrars announcing themselves on this network.
 
+    When none answers, says where it looked (interfaces, addresses) and what
+    looks wrong there (an interface down, none at all).
+    """
+    from ..node import browse_report, discover_registrars
+
+    _quiet_libraries(obj.verbose)
     with _errors():
-        found = asyncio.run(discover_registrars(obj.config(), timeout=timeout))
+        config = obj.config()
+        found = asyncio.run(discover_registrars(config, timeout=timeout))
         if as_json:
             emit_json([dataclasses.asdict(r) for r in found])
         elif found:
@@ -280,7 +300,9 @@ def discover(obj: _Ctx, timeout: float, as_json: bool) -> None:
             ]
             click.echo(format_table(["ROLE", "CLUSTER", "NAME", "ADDRESS", "STATE", "ID"], rows))
         else:
-            click.echo(f"no registrar answered within {timeout:g}s", err=True)
+            tried, problems = browse_report(config)
+            line = f"no registrar answered within {timeout:g} s: {tried}"
+            click.echo(f"autoreg: error: {'; '.join([line, *problems])}", err=True)
             sys.exit(1)
 
 
