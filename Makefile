@@ -38,7 +38,7 @@ test-pypi: bootstrap
 test-debian: bootstrap-debian
 	$(VENV_DEBIAN)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS) \
 		tests/protocol tests/config tests/state tests/controller tests/node tests/media \
-		tests/integration/test_core_loop.py \
+		tests/docs tests/integration/test_core_loop.py \
 		-k "not uniqueness and not failing_hook"
 
 test: lint test-pypi test-debian

@@ -354,9 +354,9 @@ def load_config(
     (from command-line flags; None = not given).
     """
     env = os.environ if env is None else env
-    explicit = path is not None or "AUTOREG_CONFIG" in env
+    explicit = path is not None or bool(env.get("AUTOREG_CONFIG"))  # empty: not set
     if path is None:
-        path = Path(env.get("AUTOREG_CONFIG", str(DEFAULT_CONFIG_PATH)))
+        path = Path(env.get("AUTOREG_CONFIG") or DEFAULT_CONFIG_PATH)
     values: dict[str, dict[str, tuple[str, str]]] = {section: {} for section in _SCHEMA}
     role_sections: dict[str, dict[str, str]] = {}  # [role:…] and [cluster:…]
     used_path: Path | None = None
@@ -452,7 +452,8 @@ def _build(
         profile=profile,
         **top,
     )
-    _cross_check(config)
+    sources = {f"{s}.{k}": where for s, keys in values.items() for k, (_, where) in keys.items()}
+    _cross_check(config, sources)
     return config
 
 
@@ -501,8 +502,13 @@ def _proxies(sections: Mapping[str, Mapping[str, str]], where: str) -> dict[str,
     return out
 
 
-def _cross_check(config: Config) -> None:
+def _cross_check(config: Config, sources: Mapping[str, str] | None = None) -> None:
     where = str(config.path or "configuration")
+
+    def source(section: str, key: str) -> str:  # where a value came from: file, env, flag
+        return (sources or {}).get(f"{section}.{key}", f"{where} [{section}]")
+
+    _check_node_fields(config, source)
     for section, role, cluster in (
         ("node", config.node.role, config.node.cluster),
         ("controller", config.controller.role, config.controller.cluster),
@@ -514,19 +520,45 @@ def _cross_check(config: Config) -> None:
             raise ConfigError(
                 f"role {role!r} is not in profile {config.profile.name!r} "
                 f"(roles: {', '.join(sorted(config.profile.roles))})",
-                source=f"{where} [{section}]",
+                source=source(section, "role"),
             )
         effective_cluster = cluster or (config.node.cluster if section == "controller" else None)
         if spec.has_cluster and not effective_cluster:
             raise ConfigError(
-                f"role {role!r} belongs to a cluster: set cluster", source=f"{where} [{section}]"
+                f"role {role!r} belongs to a cluster: set cluster", source=source(section, "role")
+            )
+        if section == "node" and cluster and not spec.has_cluster:
+            raise ConfigError(
+                f"role {role!r} has no cluster in profile {config.profile.name!r}: "
+                f"drop cluster {cluster!r}",
+                source=source(section, "cluster"),
             )
     if config.controller.role and not config.profile.roles_registered_by(config.controller.role):
         raise ConfigError(
             f"role {config.controller.role!r} registers nothing in profile "
             f"{config.profile.name!r}; registrar roles: "
             f"{', '.join(config.profile.registrar_roles())}",
-            source=f"{where} [controller]",
+            source=source("controller", "role"),
         )
     if config.controller.retry_initial > config.controller.retry_max:
         raise ConfigError("retry_initial is larger than retry_max", source=f"{where} [controller]")
+
+
+def _check_node_fields(config: Config, source: Callable[[str, str], str]) -> None:
+    """What this node announces, checked as the codec will (the rule stated, the source named)."""
+    from .protocol import check_cluster, check_name, check_node_id
+
+    node = config.node
+    for key, check, value in (
+        ("id", check_node_id, node.node_id),
+        ("name", check_name, node.name),
+        ("cluster", check_cluster, node.cluster),
+    ):
+        if value is None:
+            continue
+        try:
+            check(value)
+        except AnnouncementError as exc:
+            where = source("node", key)
+            message = exc.reason if where.startswith("option for ") else f"{key}: {exc.reason}"
+            raise ConfigError(message, source=where) from exc

@@ -22,10 +22,13 @@ import click
 
 from .. import _admin
 from .._config import Config, load_config
-from .._exceptions import AutoregError
+from .._exceptions import AutoregError, ConfigError
 from .._text import escape_controls
 from .._version import __version__
+from ..controller._hooks import OUTPUT_LIMIT
+from ..state import NodeState
 from ._output import (
+    SHOWN_OUTPUT_LINES,
     emit_json,
     format_event,
     format_node_detail,
@@ -46,6 +49,26 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
+#: The flag behind each configuration override the commands pass (``section.key``).
+_FLAG_OF: dict[str, str] = {
+    "autoreg.state_dir": "--state-dir",
+    "autoreg.interfaces": "--interface",
+    "controller.role": "--role",
+    "controller.cluster": "--cluster",
+    "controller.hooks_dir": "--hooks-dir",
+    "node.role": "--role",
+    "node.cluster": "--cluster",
+    "node.interface": "--interface",
+    "node.address": "--address",
+    "node.id": "--id",
+    "node.name": "--name",
+    "node.ssh_port": "--port",
+    "node.host_key": "--host-key",
+    "node.receipt_path": "--receipt",
+    "node.probe": "--probe",
+}
+
+
 @dataclasses.dataclass
 class _Ctx:
     config_path: Path | None
@@ -53,7 +76,18 @@ class _Ctx:
     verbose: int
 
     def config(self, **more: str | None) -> Config:
-        return load_config(self.config_path, overrides={**self.overrides, **more})
+        """The configuration with this command's flags; a bad flag is a usage error naming it."""
+        try:
+            return load_config(self.config_path, overrides={**self.overrides, **more})
+        except ConfigError as exc:
+            source = exc.source or ""
+            flag = _FLAG_OF.get(source.removeprefix("option for "))
+            if not source.startswith("option for ") or flag is None:
+                raise
+            message = escape_controls(str(exc).removeprefix(f"{source}: "))
+            raise click.UsageError(
+                f"{flag}: {message}", ctx=click.get_current_context(silent=True)
+            ) from exc
 
 
 pass_ctx = click.make_pass_decorator(_Ctx)
@@ -79,6 +113,20 @@ def _setup_logging(level: str, verbose: int) -> None:
     if not verbose:
         logging.getLogger("zeroconf").setLevel(logging.WARNING)
         logging.getLogger("paramiko").setLevel(logging.WARNING)
+
+
+def _quiet_libraries(verbose: int) -> None:
+    """Commands that dial out: library log records (paramiko's tracebacks) stay out of sight.
+
+    Their errors reach the admin as autoreg's own one-line reasons; ``-v`` shows them all.
+    """
+    if verbose:
+        _setup_logging("debug", verbose)
+        return
+    for name in ("paramiko", "zeroconf"):
+        library = logging.getLogger(name)
+        library.addHandler(logging.NullHandler())
+        library.propagate = False
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -232,11 +280,17 @@ def announce(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def discover(obj: _Ctx, timeout: float, as_json: bool) -> None:
-    """List the registrars announcing themselves on this network."""
-    from ..node import discover_registrars
+    """List the registrars announcing themselves on this network.
 
+    When none answers, says where it looked (interfaces, addresses) and what
+    looks wrong there (an interface down, none at all).
+    """
+    from ..node import browse_report, discover_registrars
+
+    _quiet_libraries(obj.verbose)
     with _errors():
-        found = asyncio.run(discover_registrars(obj.config(), timeout=timeout))
+        config = obj.config()
+        found = asyncio.run(discover_registrars(config, timeout=timeout))
         if as_json:
             emit_json([dataclasses.asdict(r) for r in found])
         elif found:
@@ -246,7 +300,9 @@ def discover(obj: _Ctx, timeout: float, as_json: bool) -> None:
             ]
             click.echo(format_table(["ROLE", "CLUSTER", "NAME", "ADDRESS", "STATE", "ID"], rows))
         else:
-            click.echo(f"no registrar answered within {timeout:g}s", err=True)
+            tried, problems = browse_report(config)
+            line = f"no registrar answered within {timeout:g} s: {tried}"
+            click.echo(f"autoreg: error: {'; '.join([line, *problems])}", err=True)
             sys.exit(1)
 
 
@@ -255,7 +311,13 @@ def discover(obj: _Ctx, timeout: float, as_json: bool) -> None:
 
 @cli.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--state", "states", multiple=True, help="Only nodes in this state (repeatable).")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([s.value for s in NodeState]),
+    help="Only nodes in this state (repeatable).",
+)
 @click.option("--role", help="Only nodes of this role.")
 @pass_ctx
 def list_(obj: _Ctx, as_json: bool, states: tuple[str, ...], role: str | None) -> None:
@@ -287,11 +349,22 @@ def list_(obj: _Ctx, as_json: bool, states: tuple[str, ...], role: str | None) -
     "count",
     default=20,
     show_default=True,
+    type=click.IntRange(min=0),
     help="How many of the node's latest events to show.",
 )
+@click.option(
+    "--full",
+    is_flag=True,
+    help=f"All the hook output kept (the last {OUTPUT_LIMIT // 1024} KiB of each stream), "
+    f"not only its last {SHOWN_OUTPUT_LINES} lines.",
+)
 @pass_ctx
-def show(obj: _Ctx, node: str, as_json: bool, count: int) -> None:
-    """Show one node (by id, id prefix, name or address) and its recent events."""
+def show(obj: _Ctx, node: str, as_json: bool, count: int, full: bool) -> None:
+    """Show one node (by id, id prefix, name or address) and its recent events.
+
+    Each hook run shows how it ended and the last lines of its output, saying
+    when lines were left out; --full shows all that was kept.
+    """
     async def detail() -> tuple[Any, list[Any]]:
         async with _admin.store_for(obj.config(), readonly=True) as store:
             rec = await store.find(node)
@@ -302,25 +375,48 @@ def show(obj: _Ctx, node: str, as_json: bool, count: int) -> None:
         if as_json:
             emit_json({"node": rec.to_json(), "events": [e.to_json() for e in events]})
         else:
-            click.echo(format_node_detail(rec, events))
+            click.echo(format_node_detail(rec, events, full=full))
 
 
 @cli.command()
+@click.argument("node_ref", metavar="[NODE]", required=False)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new events.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--node", help="Only events of this node.")
+@click.option("--node", help="Only events of this node (the same as the NODE argument).")
 @click.option(
-    "-n", "--last", "count", default=50, show_default=True, help="Start with this many past events."
+    "-n",
+    "--last",
+    "count",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Start with this many past events (0: only new ones, with --follow).",
 )
 @click.option("--timeout", type=float, help="With --follow: stop after this many seconds.")
 @pass_ctx
 def events(
-    obj: _Ctx, follow: bool, as_json: bool, node: str | None, count: int, timeout: float | None
+    obj: _Ctx,
+    node_ref: str | None,
+    follow: bool,
+    as_json: bool,
+    node: str | None,
+    count: int,
+    timeout: float | None,
 ) -> None:
-    """Print the event log (every decision, with its reason)."""
+    """Print the event log (every decision, with its reason), of one NODE or of all.
+
+    A hook run's line ends with how the hook ended; `autoreg show NODE` prints
+    its output.
+    """
+    if node_ref is not None and node is not None and node_ref != node:
+        raise click.UsageError(f"two nodes given: {node_ref} and --node {node}; give one")
+    node = node or node_ref
 
     def out(event: Any) -> None:
-        click.echo(json_line(event.to_json()) if as_json else format_event(event))
+        if as_json:
+            click.echo(json_line(event.to_json()))
+        else:
+            click.echo(format_event(event, node=node is None))
 
     async def follow_events(config: Config) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout

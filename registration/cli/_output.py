@@ -11,12 +11,14 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from .._text import escape_controls
+from ..controller._hooks import OUTPUT_LIMIT
 from ..state import Event, NodeRecord
 
 __all__ = [
+    "SHOWN_OUTPUT_LINES",
     "emit_json",
     "format_event",
     "format_node_detail",
@@ -100,9 +102,65 @@ def node_rows(nodes: Iterable[NodeRecord]) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
-def format_event(event: Event) -> str:
+#: Lines of each output stream ``autoreg show`` prints per hook run (``--full``: all kept).
+SHOWN_OUTPUT_LINES: Final = 20
+
+
+def _hook_run(event: Event) -> tuple[str, int] | None:
+    """How a hook run recorded in ``event`` ended, and how many lines it printed."""
+    status = event.data.get("status")
+    if not isinstance(status, str) or "hook" not in event.data:
+        return None
+    printed = 0
+    for stream in ("stdout", "stderr"):
+        text = event.data.get(stream)
+        total = event.data.get(f"{stream}_lines")
+        if isinstance(total, int) and not isinstance(total, bool):
+            printed += total
+        elif isinstance(text, str):  # recorded before the counts were
+            printed += len(text.splitlines())
+    return status, printed
+
+
+def format_event(event: Event, *, node: bool = False) -> str:
+    """One event as one line; ``node`` adds the node's id (listings of many nodes)."""
     kind = escape_controls(event.kind)
-    return f"{_ts(event.ts)}  {kind:<14} {escape_controls(event.message)}"
+    who = f"{escape_controls(event.node_id or '-'):<16} " if node else ""
+    line = f"{_ts(event.ts)}  {kind:<14} {who}{escape_controls(event.message)}"
+    run = _hook_run(event)
+    if run is not None:
+        status, printed = run
+        output = ""
+        if printed and event.node_id:
+            ref = escape_controls(event.node_id)
+            output = f"; {printed} line(s) of output: `autoreg show {ref}`"
+        line += f" [hook: {escape_controls(status)}{output}]"
+    return line
+
+
+def _output_lines(event: Event, stream: str, node_id: str, *, full: bool) -> list[str]:
+    """The lines ``show`` prints for one stream of a hook run, saying what was left out."""
+    text = event.data.get(stream)
+    if not isinstance(text, str) or not text.strip():
+        return []
+    # escaped first, so that only a real newline splits lines
+    kept = escape_controls(text, multiline=True).rstrip().split("\n")
+    total = event.data.get(f"{stream}_lines")
+    if not isinstance(total, int) or isinstance(total, bool) or total < len(kept):
+        total = len(kept)
+    shown = kept if full else kept[-SHOWN_OUTPUT_LINES:]
+    note = ""
+    if len(shown) < len(kept):
+        note = (
+            f" (output cut: last {len(shown)} of {total} lines shown; "
+            f"`autoreg show {escape_controls(node_id)} --full`)"
+        )
+    elif len(kept) < total:
+        note = (
+            f" (output cut: last {len(kept)} of {total} lines shown: the daemon keeps "
+            f"the last {OUTPUT_LIMIT // 1024} KiB of each stream)"
+        )
+    return [f"    {stream}:{note}", *(f"      | {line}" for line in shown)]
 
 
 def _contender(raw: str) -> str:
@@ -117,7 +175,8 @@ def _contender(raw: str) -> str:
         return raw
 
 
-def format_node_detail(rec: NodeRecord, events: Sequence[Event]) -> str:
+def format_node_detail(rec: NodeRecord, events: Sequence[Event], *, full: bool = False) -> str:
+    """``autoreg show``: the node, its events, and its hooks' output (``full``: all kept)."""
     fields = [
         ("id", rec.node_id),
         ("name", rec.display_name),
@@ -150,10 +209,5 @@ def format_node_detail(rec: NodeRecord, events: Sequence[Event]) -> str:
         for event in events:
             out.append("  " + format_event(event))
             for stream in ("stdout", "stderr"):
-                text = event.data.get(stream)
-                if isinstance(text, str) and text.strip():
-                    # escaped first, so that only a real newline splits lines
-                    lines = escape_controls(text, multiline=True).rstrip().split("\n")
-                    out.append(f"    {stream}:")
-                    out.extend(f"      | {line}" for line in lines[-20:])
+                out.extend(_output_lines(event, stream, rec.node_id, full=full))
     return "\n".join(out)

@@ -13,7 +13,7 @@ import click
 from .. import _admin, _keyfiles, _remote, controller
 from .._exceptions import AnnouncementError, AutoregError
 from ..protocol import check_node_id
-from . import _Ctx, _errors, _run_service, cli, pass_ctx, run
+from . import _Ctx, _errors, _quiet_libraries, _run_service, cli, pass_ctx, run
 from ._output import emit_json, format_table
 
 __all__: list[str] = []
@@ -159,7 +159,13 @@ def tunnel_list(obj: _Ctx, as_json: bool, probe: bool) -> None:
 @tunnel.command("sshd-config")
 @pass_ctx
 def tunnel_sshd_config(obj: _Ctx) -> None:
-    """Print the sshd_config Match block for the callback user."""
+    """Print the sshd_config Match block for the callback user.
+
+    \b
+    A drop-in of its own (a Match block holds every line after it):
+      autoreg tunnel sshd-config > /etc/ssh/sshd_config.d/autoreg-callback.conf
+    Global settings such as Port go in another file (docs/admin.md).
+    """
     with _errors():
         click.echo(controller.sshd_match_block(obj.config()))
 
@@ -188,6 +194,7 @@ def ssh(obj: _Ctx, node: str, command: tuple[str, ...]) -> None:
             files, _ = await _remote.prepare_access(config, store, await store.find(node))
             return files
 
+    _quiet_libraries(obj.verbose)
     with _errors():
         config = obj.config()
         files = run(access())
@@ -246,6 +253,7 @@ def exec_(
                 config, store, nodes, command, parallel=parallel, timeout=timeout, emit=emit
             )
 
+    _quiet_libraries(obj.verbose)
     with _errors():
         config = obj.config()
         results = run(fan_out())

@@ -10,7 +10,7 @@ from .. import _admin, _keyfiles
 from .._exceptions import AnnouncementError, AutoregError
 from .._text import escape_controls
 from ..protocol import Announcement
-from ..state import NodeRecord, NodeState, StateStore
+from ..state import GLOBAL_SCOPE, NodeRecord, NodeState, StateStore
 from . import _Ctx, _errors, cli, pass_ctx, run
 from ._output import emit_json
 
@@ -55,13 +55,37 @@ def lockdown(obj: _Ctx, switch: str, role: str | None, reason: str, as_json: boo
             if as_json:
                 emit_json(switches)
             else:
-                for scope, on in sorted(switches.items()) or [("*", False)]:
-                    click.echo(f"{'all roles' if scope == '*' else scope}: {'on' if on else 'off'}")
+                for line in _lockdown_lines(switches):
+                    click.echo(line)
             return
         warning = run(flip())
         if warning:
             click.echo(f"autoreg: warning: {warning}", err=True)
+        if switch == "off" and role is not None and run(status()).get(GLOBAL_SCOPE):
+            click.echo(
+                f"autoreg: warning: lockdown is on for all roles, and that wins: {role} stays "
+                "locked until `autoreg lockdown off` (without --role)",
+                err=True,
+            )
         click.echo(f"lockdown {switch} for {role or 'all roles'}")
+
+
+def _lockdown_lines(switches: dict[str, bool]) -> list[str]:
+    """``lockdown status``: each switch, and what it means when the global one is on.
+
+    A role is locked when its own switch or the one for all roles is on: the
+    global switch wins over a role's ``off``.
+    """
+    everything = switches.get(GLOBAL_SCOPE, False)
+    lines = [f"all roles: {'on' if everything else 'off'}"]
+    for scope, on in sorted(switches.items()):
+        if scope == GLOBAL_SCOPE:
+            continue
+        line = f"{escape_controls(scope)}: {'on' if on else 'off'}"
+        if everything and not on:
+            line += " (locked all the same: the switch for all roles is on, and it wins)"
+        lines.append(line)
+    return lines
 
 
 @cli.command()

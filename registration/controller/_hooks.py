@@ -27,7 +27,7 @@ __all__ = ["EXIT_DECLINED", "HookResult", "find_hook", "run_hook", "sanitize_out
 
 #: Exit status by which a hook declines a node (sysexits EX_NOPERM): not retried.
 EXIT_DECLINED: Final = 77
-#: Bytes of stdout and of stderr kept per run (the tail).
+#: Bytes of stdout and of stderr kept per run (the tail; docs/hooks.md, "Output").
 OUTPUT_LIMIT: Final = 16 * 1024
 #: Seconds between SIGTERM and SIGKILL when a hook overruns its time.
 KILL_GRACE: Final = 5.0
@@ -46,6 +46,9 @@ class HookResult:
     interrupted: bool = False
     pid: int | None = None
     timeout: float | None = None
+    #: Lines the hook printed on each stream, all of them (the text keeps the tail).
+    stdout_lines: int = 0
+    stderr_lines: int = 0
 
     @property
     def ok(self) -> bool:
@@ -152,13 +155,15 @@ async def run_hook(
             done, pending = await asyncio.wait({out_task, err_task}, timeout=KILL_GRACE)
             for task in pending:
                 task.cancel()
-        stdout = out_task.result() if out_task in done else b""
-        stderr = err_task.result() if err_task in done else b""
+        stdout, stdout_lines = out_task.result() if out_task in done else (b"", 0)
+        stderr, stderr_lines = err_task.result() if err_task in done else (b"", 0)
     return HookResult(
         command=str(path),
         returncode=proc.returncode,
         stdout=sanitize_output(stdout),
         stderr=sanitize_output(stderr),
+        stdout_lines=stdout_lines,
+        stderr_lines=stderr_lines,
         duration=time.monotonic() - started,
         timed_out=timed_out,
         interrupted=interrupted,
@@ -167,13 +172,18 @@ async def run_hook(
     )
 
 
-async def _tail(stream: asyncio.StreamReader) -> bytes:
+async def _tail(stream: asyncio.StreamReader) -> tuple[bytes, int]:
+    """The last :data:`OUTPUT_LIMIT` bytes of ``stream``, and how many lines it had in all."""
     kept = bytearray()
+    newlines = 0
+    last = b"\n"
     while chunk := await stream.read(65536):
         kept += chunk
+        newlines += chunk.count(b"\n")
+        last = chunk[-1:]
         if len(kept) > 2 * OUTPUT_LIMIT:
             del kept[:-OUTPUT_LIMIT]
-    return bytes(kept[-OUTPUT_LIMIT:])
+    return bytes(kept[-OUTPUT_LIMIT:]), newlines + (last != b"\n")
 
 
 async def _terminate_group(proc: asyncio.subprocess.Process) -> None:

@@ -454,4 +454,6 @@ def _hook_data(result: HookResult) -> dict[str, Any]:
         "duration": round(result.duration, 3),
         "stdout": result.stdout,
         "stderr": result.stderr,
+        "stdout_lines": result.stdout_lines,
+        "stderr_lines": result.stderr_lines,
     }

@@ -311,4 +311,7 @@ def _describe(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
-    return str(exc) or type(exc).__name__
+    text = str(exc) or type(exc).__name__
+    if "protocol banner" in text:  # something answered, but it does not speak SSH
+        return f"{text} (is an SSH server listening there?)"
+    return text

@@ -98,6 +98,21 @@ autoreg_ssh_script() {
     printf '%s\n' "$1" | ssh -F "$AUTOREG_SSH_CONFIG" node 'sh -s'
 }
 
+# autoreg_scp_failed DESTINATION SCP_ERRORS: say why scp failed, as exactly as
+# can be told, and exit 75.  OpenSSH's scp copies over SFTP, so a node whose
+# sshd has no "Subsystem sftp" line refuses every copy with nothing but
+# "scp: Connection closed": ask the node's sshd for the subsystem to tell.
+autoreg_scp_failed() {
+    _why=$(printf '%s' "$2" | tr -s '\r\n' '  ' | sed 's/ *$//')
+    _probe=$(ssh -F "$AUTOREG_SSH_CONFIG" -s node sftp </dev/null 2>&1 >/dev/null) || true
+    case $_probe in
+        *"subsystem request failed"*)
+            autoreg_die "$EX_TEMPFAIL" "credentials: scp to $1 failed${_why:+ ($_why)}: the node's sshd offers no sftp subsystem, which scp needs; add 'Subsystem sftp internal-sftp' (or /usr/lib/openssh/sftp-server) to the node's sshd_config and reload sshd"
+            ;;
+    esac
+    autoreg_die "$EX_TEMPFAIL" "credentials: scp to $1 failed${_why:+: $_why}"
+}
+
 # ---------------------------------------------------------------- usage
 
 autoreg_usage() {
@@ -124,7 +139,8 @@ What it does, one log line per step:
   3. records the node in \$AUTOREG_STATE_DIR/registry/$HOOK_ROLE.tsv on this
      host (once per node id), the stand-in for the cloud's own call:
        $HOOK_REGISTER
-Every step is safe to repeat.
+Every step is safe to repeat.  The node's sshd must offer the sftp subsystem
+("Subsystem sftp" in its sshd_config): scp copies over SFTP.
 
 Required environment:
   AUTOREG_ROLE          the node's role (normally '$HOOK_ROLE')
@@ -143,8 +159,10 @@ Optional environment:
   AUTOREG_REGISTRAR_ROLE     this registrar's role   (written to registered-by)
   AUTOREG_REGISTRAR_CLUSTER  this registrar's cluster (written to registered-by)
   AUTOREG_ATTEMPT, AUTOREG_RESUMED, AUTOREG_HOOK_VERSION  (logged)
-  AUTOREG_HOOK_LIB           path of autoreg-hook.sh (default: lib/ next to
-                             the real path of this script)
+  AUTOREG_HOOK_LIB           path of autoreg-hook.sh, for running by hand
+                             (default: lib/ next to the real path of this
+                             script, or next to the path it was run by, then
+                             /usr/share/autoreg/hooks/lib/)
 
 Exit status: 0 registered; 64 missing or bad environment; 75 the node could
 not be reached or a remote step failed; 1 other failure.  The daemon retries
@@ -274,8 +292,8 @@ mkdir $_qdest/.incoming" ||
         _files="$_files ./$_n" # ./ so that scp never reads a name as host:path
     done
     # shellcheck disable=SC2086  # $_files: safe names only, split on purpose
-    (cd "$_src" && scp -F "$AUTOREG_SSH_CONFIG" -q $_files "node:$_dest/.incoming/") ||
-        autoreg_die "$EX_TEMPFAIL" "credentials: scp to node:$_dest/.incoming/ failed"
+    _scp_err=$( (cd "$_src" && scp -F "$AUTOREG_SSH_CONFIG" -q $_files "node:$_dest/.incoming/") 2>&1 >/dev/null) ||
+        autoreg_scp_failed "node:$_dest/.incoming/" "$_scp_err"
 
     # Make them 0600, move them into place, then list what is really there.
     _listing=$(autoreg_ssh_script "set -eu

@@ -138,11 +138,14 @@ def test_lockdown_per_role_then_status(env: Env) -> None:
         "lockdown on for nc\n"
     )
     assert env.json("lockdown", "status", "--json") == {"nc": True}
-    assert env.ok("lockdown", "status").stdout == "nc: on\n"
+    assert env.ok("lockdown", "status").stdout == "all roles: off\nnc: on\n"
     env.ok("lockdown", "on")
     env.ok("lockdown", "off", "--role", "nc")
     assert env.json("lockdown", "status", "--json") == {"*": True, "nc": False}
-    assert env.ok("lockdown", "status").stdout == "all roles: on\nnc: off\n"
+    assert env.ok("lockdown", "status").stdout == (
+        "all roles: on\n"
+        "nc: off (locked all the same: the switch for all roles is on, and it wins)\n"
+    )
     with SyncStore(env.db, readonly=True) as store:
         messages = [e.message for e in store.events() if e.kind == "lockdown"]
     assert messages[0] == "lockdown on for registration of role nc: maintenance"

@@ -335,6 +335,14 @@ def test_output_is_truncated_to_the_tail(tmp_path: Path) -> None:
         assert OUTPUT_LIMIT - 100 < len(text.encode()) <= OUTPUT_LIMIT
         assert text.endswith(f"{prefix} 3999 of the noisy hook\n{end}\n")
         assert f"{prefix} 0 of" not in text
+    # What was printed in all, so that `autoreg show` can say how much was cut.
+    assert (result.stdout_lines, result.stderr_lines) == (4001, 4001)
+
+
+def test_lines_are_counted_with_an_unterminated_last_line(tmp_path: Path) -> None:
+    result = run(make_hook(tmp_path, "nc", "printf 'one\\ntwo'\nprintf 'x\\n' >&2\n"))
+    assert (result.stdout, result.stdout_lines, result.stderr_lines) == ("one\ntwo", 2, 1)
+    assert run(make_hook(tmp_path, "cc", "true\n")).stdout_lines == 0
 
 
 def test_binary_and_escape_sequences_are_sanitized(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from support.prerequisites import prerequisite
+from support.prerequisites import have_tools, prerequisite
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
@@ -68,7 +68,9 @@ class Sshd:
     user: str
 
 
-def _start_sshd(tmp: Path, host_key: Path, authorized: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _start_sshd(
+    tmp: Path, host_key: Path, authorized: Path, *, sftp: bool = True
+) -> tuple[subprocess.Popen[bytes], int]:
     """Start sshd on a free port; retry a few ports if one was taken meanwhile."""
     last_log = ""
     for attempt in range(3):
@@ -88,7 +90,7 @@ def _start_sshd(tmp: Path, host_key: Path, authorized: Path) -> tuple[subprocess
                     "KbdInteractiveAuthentication no",
                     "PubkeyAuthentication yes",
                     "PermitRootLogin prohibit-password",
-                    "Subsystem sftp internal-sftp",
+                    "Subsystem sftp internal-sftp" if sftp else "# no sftp subsystem",
                     "LogLevel VERBOSE",
                     "",
                 ]
@@ -128,6 +130,16 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture
 def sshd(tmp_path: Path) -> Iterator[Sshd]:
+    yield from _sshd(tmp_path, sftp=True)
+
+
+@pytest.fixture
+def sshd_without_sftp(tmp_path: Path) -> Iterator[Sshd]:
+    """A node's sshd without a ``Subsystem sftp`` line (scp cannot copy to it)."""
+    yield from _sshd(tmp_path, sftp=False)
+
+
+def _sshd(tmp_path: Path, *, sftp: bool) -> Iterator[Sshd]:
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
     keys = tmp_path / "keys"
@@ -138,7 +150,7 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
     _keygen(client_key)
     authorized = keys / "authorized_keys"
     authorized.write_text(client_key.with_suffix(".pub").read_text())
-    proc, port = _start_sshd(tmp_path, host_key, authorized)
+    proc, port = _start_sshd(tmp_path, host_key, authorized, sftp=sftp)
     try:
         yield Sshd(
             port=port,
@@ -396,6 +408,107 @@ def test_wrong_host_key_fails(tmp_path: Path, sshd: Sshd) -> None:
     proc = run_hook("nc", env, tmp_path / "cwd")
     assert proc.returncode not in (0, 77), _explain(proc)
     assert not Path(env["AUTOREG_NODE_DIR"]).exists()
+
+
+def test_node_without_sftp_subsystem_is_named(tmp_path: Path, sshd_without_sftp: Sshd) -> None:
+    """scp copies over SFTP: without the subsystem the hook says what is missing."""
+    env = hook_env(tmp_path, sshd_without_sftp, role="nc")
+    proc = run_hook("nc", env, tmp_path / "cwd")
+    assert proc.returncode == 75, _explain(proc)
+    (line,) = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert "no sftp subsystem" in line
+    assert "Subsystem sftp internal-sftp" in line
+    assert not (Path(env["AUTOREG_STATE_DIR"]) / "registry" / "nc.tsv").exists()
+
+
+# -- where a hook finds its library (however it was installed) ----------
+
+#: The library where the autoreg-controller package installs it.
+PACKAGED_LIB = Path("/usr/share/autoreg/hooks/lib/autoreg-hook.sh")
+
+needs_mount_namespace = pytest.mark.prerequisite(
+    os.geteuid() == 0 and have_tools("unshare", "mount"),
+    reason="needs root and unshare(1) for a private mount namespace",
+)
+
+
+def run_with_packaged_lib(
+    hook: Path, env: dict[str, str], cwd: Path, *args: str, packaged: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run ``hook`` where /usr/share is a scratch tmpfs holding (or not) the packaged library.
+
+    A private mount namespace: the machine's /usr/share is untouched and unseen,
+    so the result does not depend on whether autoreg-controller is installed here.
+    """
+    cwd.mkdir(exist_ok=True)
+    setup = "mount -n -t tmpfs tmpfs /usr/share"
+    if packaged:
+        setup += f' && mkdir -p {PACKAGED_LIB.parent} && cp "$1" {PACKAGED_LIB.parent}/'
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f'{setup} && shift && exec "$@"', "sh", str(SCRIPTS / "lib" / "autoreg-hook.sh"),
+         str(hook), *args],
+        check=False,
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=45,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+@needs_mount_namespace
+def test_a_copy_made_with_install_uses_the_packaged_library(tmp_path: Path, sshd: Sshd) -> None:
+    """docs/admin.md: `install -m 755 /usr/share/autoreg/hooks/nc /etc/autoreg/hooks.d/nc`."""
+    hooks_d = tmp_path / "hooks.d"
+    hooks_d.mkdir()
+    subprocess.run(["install", "-m", "755", str(SCRIPTS / "nc"), str(hooks_d / "nc")], check=True)
+    env = hook_env(tmp_path, sshd, role="nc")
+    proc = run_with_packaged_lib(hooks_d / "nc", env, tmp_path / "cwd")
+    assert proc.returncode == 0, _explain(proc)
+    assert "registry: recorded node n1abc" in proc.stdout
+    assert _registry_rows(env, "nc")[0][1] == "n1abc"
+
+
+@needs_mount_namespace
+def test_a_copy_without_any_library_says_where_it_looked(tmp_path: Path) -> None:
+    hooks_d = tmp_path / "hooks.d"
+    hooks_d.mkdir()
+    subprocess.run(["install", "-m", "755", str(SCRIPTS / "cc"), str(hooks_d / "cc")], check=True)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    proc = run_with_packaged_lib(hooks_d / "cc", env, tmp_path / "cwd", "--help", packaged=False)
+    assert proc.returncode == 1, _explain(proc)
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("cc: error: cannot find the hook library (tried ")
+    assert f"{hooks_d}/lib/autoreg-hook.sh" in line
+    assert str(PACKAGED_LIB) in line
+    assert "AUTOREG_HOOK_LIB" not in line  # the daemon's hooks never see it: no use as a hint
+
+
+def test_a_copy_next_to_a_lib_directory_uses_it(tmp_path: Path) -> None:
+    hooks_d = tmp_path / "hooks.d"
+    hooks_d.mkdir()
+    (hooks_d / "lib").symlink_to(SCRIPTS / "lib")
+    subprocess.run(["install", "-m", "755", str(SCRIPTS / "sc"), str(hooks_d / "sc")], check=True)
+    proc = subprocess.run(
+        [str(hooks_d / "sc"), "--help"],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=20,
+    )
+    assert proc.returncode == 0, _explain(proc)
+    assert proc.stdout.startswith("Usage: sc")
+
+
+def test_an_unreadable_library_override_is_named(tmp_path: Path) -> None:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "AUTOREG_HOOK_LIB": "/nonexistent.sh"}
+    proc = run_hook("walrus", env, tmp_path / "cwd", "--help")
+    assert proc.returncode == 1, _explain(proc)
+    assert "AUTOREG_HOOK_LIB=/nonexistent.sh" in proc.stderr
 
 
 @pytest.mark.parametrize("role", ["walrus", "cc", "sc", "nc"])
