@@ -61,11 +61,16 @@ def load_token(config: Config) -> JoinToken | None:
 
 
 class Announcer:
-    """Publishes one node and keeps its announcement in step with reality."""
+    """Publishes one node and keeps its announcement in step with reality.
+
+    ``transport``: a started transport the caller owns (and closes), shared by several
+    announcers in one process; without it the announcer makes, starts and closes its own.
+    """
 
     def __init__(self, config: Config, *, transport: Transport | None = None) -> None:
         self.config = config
         self._transport = transport
+        self._owns_transport = transport is None
         self._publication: Publication | None = None
         self._current: Announcement | None = None
         self._stopping = asyncio.Event()
@@ -102,6 +107,7 @@ class Announcer:
         if self._transport is None:
             # `auto` asks D-Bus whether avahi-daemon answers: blocking, so in a thread.
             self._transport = await asyncio.to_thread(create_transport, self.config, bind=ann.ip)
+            await self._transport.start()
         self._publication = Publication(
             self._transport,
             NODE_SERVICE_TYPE,
@@ -109,7 +115,6 @@ class Announcer:
             node_id=ann.node_id,
             probe=self.config.node.probe,
         )
-        await self._transport.start()
         try:
             await self._publish(ann)
             while not self._stopping.is_set():
@@ -128,7 +133,8 @@ class Announcer:
         finally:
             if await self._publication.withdraw():
                 log.info("withdrew %s (goodbye sent)", self._publication.name)
-            await self._transport.close()
+            if self._owns_transport:
+                await self._transport.close()
 
     async def _publish(self, ann: Announcement) -> None:
         assert self._publication is not None
