@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from ._exceptions import AnnouncementError, ConfigError
 from ._profile import ROLE_SECTION_PREFIX, Profile, load_profile
+from ._units import parse_duration
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -103,6 +104,12 @@ class ControllerConfig:
     max_pending: int = 1000
     #: Seconds a signature's timestamp may be off this registrar's clock.
     signature_window: float = 600.0
+    #: TCP connects to nodes open at once (a node takes an SSH slot only once its
+    #: address answered); bounded by the file descriptor limit as well.
+    max_probes: int = 4096
+    #: The event log keeps at most this many events, none older than events_max_age.
+    events_keep: int = 50_000
+    events_max_age: float = 30 * 86400.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -316,6 +323,9 @@ _SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Parser]]]] = {
         "trust": ("trust", _trust),
         "max_pending": ("max_pending", _positive_int),
         "signature_window": ("signature_window", _positive_float),
+        "max_probes": ("max_probes", _positive_int),
+        "events_keep": ("events_keep", _positive_int),
+        "events_max_age": ("events_max_age", parse_duration),
     },
     "callback": {
         "controller": ("controller", _opt_str),

@@ -9,7 +9,6 @@ whose caller prints it once.
 
 from __future__ import annotations
 
-import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from typing import Any, Final
 
 from ._config import Config
 from ._exceptions import AutoregError, ConfigError, NodeNotFound
+from ._units import parse_duration
 from .protocol import JoinToken, new_token, token_key
 from .state import (
     GLOBAL_SCOPE,
@@ -48,18 +48,6 @@ __all__ = [
 DEFAULT_TOKEN_TTL: Final = 24 * 3600.0
 #: An install window stays open an hour unless told otherwise.
 DEFAULT_WINDOW: Final = 3600.0
-_DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
-_UNIT: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``30m``, ``24h``, ``7d`` → seconds (ValueError otherwise)."""
-    match = _DURATION.fullmatch(text.strip().lower())
-    if match is None or float(match.group(1)) <= 0:
-        raise ValueError(f"{text!r} is not a duration: want e.g. 90s, 30m, 24h or 7d")
-    return float(match.group(1)) * _UNIT[match.group(2)]
-
-
 def _check_scope(config: Config, roles: Sequence[str], cluster: str | None) -> None:
     for role in roles:
         spec = config.profile.role(role)

@@ -24,7 +24,7 @@ import paramiko
 
 from .._clock import Clock, SystemClock, TimerHandle
 from .._config import Config
-from .._exceptions import AnnouncementError, AutoregError, ConfigError
+from .._exceptions import AutoregError, ConfigError
 from .._files import write_atomic
 from .._netif import local_addresses
 from .._sshkeys import read_public_key
@@ -34,12 +34,9 @@ from ..node import NodeIdentity, self_registration_state
 from ..protocol import (
     CONTROLLER_SERVICE_TYPE,
     NODE_SERVICE_TYPE,
-    Announcement,
     RegistrarAnnouncement,
     RegistrarState,
-    decode_node,
     encode_registrar,
-    verify,
 )
 from ..state import (
     CLAIM_LEASE,
@@ -51,9 +48,11 @@ from ..state import (
     StateStore,
     open_store,
 )
-from ..transport import Publication, ResolvedService, Transport, create_transport
+from ..transport import Publication, Transport, create_transport
+from ._dial import probe_capacity
 from ._hooks import KILL_GRACE
-from ._ingest import AddressPolicy, Ingested, ingest
+from ._ingest import AddressPolicy
+from ._intake import Intake
 from ._reconciler import Reconciler
 from ._registration import ChangeFn, Registration, Registrations
 from ._rules import Registrar
@@ -71,9 +70,8 @@ RegistrationsFactory = Callable[[ChangeFn, str, Clock], Registrations]
 EXIT_INTERRUPTED: Final = 130
 #: Seconds a stopping daemon gives running registrations to record their outcome.
 STOP_GRACE: Final = 2 * KILL_GRACE + 2.0
-#: Seconds between events that say how many unsigned announcements the full approval
-#: queue dropped.
-DROP_REPORT_INTERVAL: Final = 60.0
+#: Seconds between prunings of the event log ([controller] events_keep/events_max_age).
+PRUNE_INTERVAL: Final = 600.0
 #: Backoff after the store's change feed failed: first, cap.
 WATCH_RETRY_INITIAL: Final = 0.5
 WATCH_RETRY_MAX: Final = 30.0
@@ -129,12 +127,7 @@ class Daemon:
         self._policy = AddressPolicy(allow=config.controller.allow_addresses)
         self.trust = config.controller.trust or "token"
         self.trust_source = "configuration" if config.controller.trust else "default"
-        self._dropped = 0
-        self._admitting: set[str] = set()
-        # Announcements signed with a token this registrar did not know yet (the admin
-        # created it a moment later): checked again as soon as tokens change.
-        self._unverified: dict[str, tuple[Announcement, Source, str, float | None]] = {}
-        self._drop_reported = -DROP_REPORT_INTERVAL
+        self._intake: Intake | None = None
         self._window_timers: dict[str, TimerHandle] = {}
         self.identity: NodeIdentity | None = None
         self.owner = ""
@@ -168,13 +161,31 @@ class Daemon:
         self._locked = True
         self._last_seq = max((e.seq for e in await store.last_events(1)), default=0)
         await store.clear_presence(source=Source.MDNS, observer=self.observer)
+        probes = probe_capacity(self.config.controller.max_probes)
+        if probes < self.config.controller.max_probes:
+            log.warning(
+                "[controller] max_probes = %d, but the file descriptor limit allows %d "
+                "(raise LimitNOFILE)",
+                self.config.controller.max_probes,
+                probes,
+            )
         recon = self._recon = Reconciler(
             store,
             registrar=self._registrar,
             owner=self.owner,
             clock=self._clock,
-            max_parallel=self.config.controller.max_parallel,
+            controller=self.config.controller,
+            probes=probes,
             after_pass=self._update_announcement,
+        )
+        self._intake = Intake(
+            store,
+            recon,
+            registrar=self._registrar,
+            policy=lambda: self._policy,
+            observer=self.observer,
+            controller=self.config.controller,
+            clock=self._clock,
         )
         if self._make_registrations is not None:
             self._registrations = self._make_registrations(recon.change, self.owner, self._clock)
@@ -198,7 +209,7 @@ class Daemon:
             # `auto` asks D-Bus whether avahi-daemon answers: blocking, so in a thread.
             self._transport = await asyncio.to_thread(create_transport, self.config)
         await self._transport.start()
-        await self._transport.browse(NODE_SERVICE_TYPE, self)
+        await self._transport.browse(NODE_SERVICE_TYPE, self._intake)
         await store.add_event(
             None,
             "daemon",
@@ -217,7 +228,9 @@ class Daemon:
         if self.trust == "open":
             log.warning("trust = open (%s): %s", self.trust_source, _OPEN_WARNING)
         self._tasks = [
+            asyncio.ensure_future(self._intake.run()),
             asyncio.ensure_future(recon.run()),
+            asyncio.ensure_future(self._prune_events()),
             asyncio.ensure_future(self._watch_store()),
             asyncio.ensure_future(self._watch_self()),
             asyncio.ensure_future(self._renew_claims()),
@@ -313,161 +326,6 @@ class Daemon:
             else "the default"
         )
 
-    # -- inputs (BrowseListener, and the one way in) ---------------------------------
-
-    def service_resolved(self, service: ResolvedService) -> None:
-        self._spawn(self._on_service(service))
-
-    def service_removed(self, name: str) -> None:
-        self._spawn(self._on_gone(name))
-
-    def service_unusable(self, name: str, reason: str) -> None:
-        self._spawn(self._on_unusable(name, reason))
-
-    async def _on_unusable(self, name: str, reason: str) -> None:
-        log.warning("rejected announcement %r: %s", name, reason)
-        await self.store.add_event(
-            None,
-            "rejected-announcement",
-            f"rejected announcement {name}: not a usable service name ({reason})",
-            {"name": name, "reason": reason, "field": "instance"},
-        )
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run an input handler in the background, keeping a reference until it ends."""
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _on_service(self, service: ResolvedService) -> None:
-        try:
-            ann = decode_node(service.properties, service.port)
-        except AnnouncementError as exc:
-            log.warning("rejected announcement %s: %s", service.name, exc)
-            await self.store.add_event(
-                None,
-                "rejected-announcement",
-                f"rejected announcement {service.name}: {exc}",
-                {
-                    "name": service.name,
-                    "reason": exc.reason,
-                    "field": exc.field,
-                    "txt": _printable_txt(service.properties),
-                },
-            )
-            return
-        await self.ingest(ann, source=Source.MDNS, instance=service.name)
-
-    def _authenticate(self, ann: Announcement) -> tuple[str, str | None]:
-        """How ``ann`` is signed, checked now against the tokens this registrar knows."""
-        claim = ann.signature
-        if claim is None:
-            return "", None
-        token = self.reconciler.index.token(claim.token_id)
-        if token is None:
-            return f"unverified: token {claim.token_id} is not known here", claim.token_id
-        why = verify(
-            claim,
-            token.key,
-            now=self._clock.time(),
-            window=self.config.controller.signature_window,
-        )
-        return (f"bad: {why}" if why else "signed"), claim.token_id
-
-    def _untrusted_newcomer(self, ann: Announcement, auth: str) -> bool:
-        """An unknown node that could only wait for an approval."""
-        index = self.reconciler.index
-        if auth == "signed" or ann.node_id in index:
-            return False
-        me = self._registrar()
-        return me.policy(ann.role) != "open" and index.window(ann.role, me.now) is None
-
-    def _queue_full(self) -> bool:
-        index = self.reconciler.index
-        # Newcomers not decided yet, or still being stored, count too: a burst arrives
-        # faster than decisions.
-        waiting = index.count(NodeState.PENDING) + index.count(NodeState.SEEN)
-        return waiting + len(self._admitting) >= self.config.controller.max_pending
-
-    async def _count_dropped(self) -> None:
-        self._dropped += 1
-        now = self._clock.time()
-        if now - self._drop_reported < DROP_REPORT_INTERVAL:
-            return
-        dropped, self._dropped, self._drop_reported = self._dropped, 0, now
-        message = (
-            f"approval queue full ({self.config.controller.max_pending} pending, "
-            f"[controller] max_pending): {dropped} unsigned announcement(s) dropped, not stored; "
-            "approve or deny pending nodes, or give nodes tokens"
-        )
-        log.warning("%s", message)
-        await self.store.add_event(None, "pending-full", message, {"dropped": dropped})
-
-    async def ingest(
-        self, ann: Announcement, *, source: Source, instance: str, lease: float | None = None
-    ) -> Ingested | None:
-        """Take in one announcement from any source (the one way in); None when the full
-        approval queue dropped it."""
-        auth, token_id = self._authenticate(ann)
-        newcomer = self._untrusted_newcomer(ann, auth)
-        if newcomer:
-            if self._queue_full():
-                await self._count_dropped()
-                return None
-            self._admitting.add(ann.node_id)
-        if auth.startswith("unverified:"):
-            if len(self._unverified) < self.config.controller.max_pending:
-                self._unverified[ann.node_id] = (ann, source, instance, lease)
-        else:
-            self._unverified.pop(ann.node_id, None)
-        try:
-            return await self._ingest(ann, source, instance, lease, auth, token_id)
-        finally:
-            if newcomer:
-                self._admitting.discard(ann.node_id)
-
-    async def _ingest(
-        self,
-        ann: Announcement,
-        source: Source,
-        instance: str,
-        lease: float | None,
-        auth: str,
-        token_id: str | None,
-    ) -> Ingested:
-        result = await ingest(
-            self.store,
-            self._registrar(),
-            ann,
-            source=source,
-            instance=instance,
-            observer=self.observer if source is Source.MDNS else "",
-            lease=lease,
-            policy=self._policy,
-            auth=auth,
-            token_id=token_id,
-        )
-        if result.not_mine:
-            log.debug("ignoring %s %s: %s", ann.role, ann.node_id, result.not_mine)
-        elif result.refused:
-            log.warning("rejected announcement %s: %s", instance, result.refused)
-            await self.store.add_event(
-                ann.node_id,
-                "rejected-announcement",
-                f"rejected announcement {instance} of {ann.role} {ann.node_id}: "
-                f"{result.refused}",
-                {"name": instance, "reason": result.refused, "field": "ip",
-                 "announcement": ann.summary()},
-            )  # fmt: skip
-        elif result.absorbed is not None:
-            self.reconciler.apply(result.absorbed.record)
-        return result
-
-    async def _on_gone(self, name: str) -> None:
-        rec = await self.store.withdraw(source=Source.MDNS, instance=name, observer=self.observer)
-        if rec is not None:
-            self.reconciler.apply(rec)
-
     # -- recovery, self-registration, change watching ----------------------------------
 
     async def _recover(self) -> None:
@@ -543,13 +401,12 @@ class Daemon:
         failures = 0
         while True:
             try:
-                async for batch in self.store.watch(after=self._last_seq):
+                # Our own changes are in the index already (uses of tokens and windows
+                # our registrations spent too: the reconciler reloads trust after them).
+                async for batch in self.store.watch(after=self._last_seq, origin_not=self.owner):
                     for event in batch:
                         self._last_seq = event.seq
-                        # Our own node changes are in the index already; a token or a
-                        # window changes under our own registrations too (uses, seals).
-                        if event.origin != self.owner or event.kind in ("token", "window"):
-                            await self._external(event)
+                        await self._external(event)
                     failures = 0
             except AutoregError as exc:
                 failures += 1
@@ -566,22 +423,20 @@ class Daemon:
             await self.reconciler.load_trust()
             self._arm_windows()
             await self._update_announcement()
-            if event.kind == "token":
-                await self._verify_again()
+            if event.kind == "token" and self._intake is not None:
+                self._intake.verify_again()
         elif event.kind == "setting":
             await self._load_trust_default()
             self.reconciler.mark_all()
             self._write_status()
-        if event.node_id is not None and event.origin != self.owner:
+        if event.node_id is not None:
             await self.reconciler.reload(event.node_id)
 
-    async def _verify_again(self) -> None:
-        """Announcements whose token was unknown: take them in again now."""
-        known = self.reconciler.index.tokens
-        for node_id, (ann, source, instance, lease) in list(self._unverified.items()):
-            if ann.signature is not None and ann.signature.token_id in known:
-                del self._unverified[node_id]
-                await self.ingest(ann, source=source, instance=instance, lease=lease)
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a handler in the background, keeping a reference until it ends."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _arm_windows(self) -> None:
         """Close each open install window when its time runs out (with an event)."""
@@ -601,6 +456,26 @@ class Daemon:
         if closed:
             await self.reconciler.load_trust()
             await self._update_announcement()
+
+    async def _prune_events(self) -> None:
+        """Keep the event log within [controller] events_keep and events_max_age."""
+        ctl = self.config.controller
+        while True:
+            try:
+                pruned = await self.store.prune_events(
+                    keep=ctl.events_keep, max_age=ctl.events_max_age
+                )
+            except AutoregError as exc:
+                log.warning("cannot prune the event log: %s", exc)
+            else:
+                if pruned:
+                    log.info(
+                        "pruned %d old event(s) (events_keep %d, events_max_age %ds)",
+                        pruned,
+                        ctl.events_keep,
+                        ctl.events_max_age,
+                    )
+            await asyncio.sleep(PRUNE_INTERVAL)
 
     async def _renew_claims(self) -> None:
         """Keep this registrar's claims alive while it works on them."""
@@ -712,9 +587,3 @@ _OPEN_WARNING: Final = (
     "or approve (every node waits for `autoreg approve`)"
 )
 
-
-def _printable_txt(properties: Any) -> dict[str, str | None]:
-    def show(raw: bytes | None) -> str | None:
-        return None if raw is None else raw[:80].decode("utf-8", "backslashreplace")
-
-    return {show(k) or "": show(v) for k, v in list(properties.items())[:20]}

@@ -1,10 +1,10 @@
-"""One way in: every announcement, whatever its source, enters through :func:`ingest`.
+"""One way in: every announcement, whatever its source, passes :func:`screen`.
 
-mDNS browsing (the daemon), a manual registration (``autoreg register``), and any
-later source call this one function. It checks that the node is this registrar's
-business and that its address is one to connect to, then hands the announcement to
-the store, whose ``ingest`` applies the pure rules of ``state._ingest.absorb`` in
-one transaction and marks the node present for that source and instance.
+:func:`screen` checks that the node is this registrar's business and that its
+address is one to connect to; then the store's ``ingest`` (one announcement:
+``autoreg register``) or ``ingest_many`` (a burst: the daemon's ``_intake``)
+applies the pure rules of ``state._ingest.absorb`` in one transaction and marks
+the node present for that source and instance.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ..protocol import Announcement, address_problem
 from ..state import Absorbed, Source, StateStore
 from ._rules import Registrar, owns
 
-__all__ = ["AddressPolicy", "Ingested", "ingest"]
+__all__ = ["AddressPolicy", "Ingested", "ingest", "screen"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -46,6 +46,21 @@ class AddressPolicy:
         return problem
 
 
+def screen(
+    me: Registrar | None, ann: Announcement, policy: AddressPolicy | None
+) -> Ingested | None:
+    """Why ``ann`` goes no further (not this registrar's, or an address refused), or
+    None: it may be stored.  Pure; ``me`` None skips the ownership check."""
+    if me is not None:
+        not_mine = owns(me, ann.role, ann.cluster)
+        if not_mine:
+            return Ingested(None, not_mine)
+    problem = (policy or AddressPolicy()).problem(ann.ip)
+    if problem:
+        return Ingested(None, refused=f"announced address refused: {problem}")
+    return None
+
+
 async def ingest(
     store: StateStore,
     me: Registrar | None,
@@ -60,13 +75,9 @@ async def ingest(
     token_id: str | None = None,
 ) -> Ingested:
     """Take in ``ann`` from ``source``; ``me`` None skips the ownership check."""
-    if me is not None:
-        not_mine = owns(me, ann.role, ann.cluster)
-        if not_mine:
-            return Ingested(None, not_mine)
-    problem = (policy or AddressPolicy()).problem(ann.ip)
-    if problem:
-        return Ingested(None, refused=f"announced address refused: {problem}")
+    stop = screen(me, ann, policy)
+    if stop is not None:
+        return stop
     absorbed = await store.ingest(
         ann,
         source=source,

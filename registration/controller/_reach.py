@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
@@ -25,7 +26,7 @@ from .._files import write_atomic
 from ..state import NodeRecord
 from ._ssh import DIRECT, SSHTarget, VerifiedSession, Via, ViaProxy, ViaTunnel, open_verified
 
-__all__ = ["TUNNEL_TIMEOUT", "AccessFiles", "Reach"]
+__all__ = ["TUNNEL_TIMEOUT", "AccessFiles", "Reach", "short_error"]
 
 #: Seconds a tunnel port gets to answer: it is on loopback, so anything slower is a
 #: stale forward held by a node's dead session (the controller moves on to the next).
@@ -94,24 +95,43 @@ class Reach:
         tunnel_ports: Sequence[int] = (),
         *,
         authenticate: bool = True,
+        sock: socket.socket | None = None,
+        direct_error: str | None = None,
     ) -> VerifiedSession:
         """The first path that verifies; FingerprintMismatch ends the chain at once.
 
         ``key`` logs in to a proxy node when the chain gets there, and to the node
         itself unless ``authenticate`` is false (then the caller authenticates later).
+        ``sock`` is a connection to the node's direct address already made (the
+        daemon dials first); ``direct_error`` says why that address did not answer
+        (the direct path is then not tried again).  ``sock`` is always consumed.
         """
         target = self.target(rec)
         errors: list[str] = []
-        for via in self.candidates(rec, tunnel_ports):
-            attempt = target
-            if isinstance(via, ViaTunnel):
-                attempt = dataclasses.replace(target, timeout=min(target.timeout, TUNNEL_TIMEOUT))
-            try:
-                return open_verified(attempt, key if authenticate else None, via=via, proxy_key=key)
-            except FingerprintMismatch:
-                raise
-            except SSHError as exc:
-                errors.append(f"{via.describe()}: {_short(exc)}")
+        try:
+            for via in self.candidates(rec, tunnel_ports):
+                attempt = target
+                if isinstance(via, ViaTunnel):
+                    attempt = dataclasses.replace(
+                        target, timeout=min(target.timeout, TUNNEL_TIMEOUT)
+                    )
+                given = None
+                if via is DIRECT:
+                    if direct_error is not None:
+                        errors.append(direct_error)
+                        continue
+                    given, sock = sock, None
+                try:
+                    return open_verified(
+                        attempt, key if authenticate else None, via=via, proxy_key=key, sock=given
+                    )
+                except FingerprintMismatch:
+                    raise
+                except SSHError as exc:
+                    errors.append(f"{via.describe()}: {short_error(exc)}")
+        finally:
+            if sock is not None:
+                sock.close()
         raise NodeUnreachable(
             "no path works (" + "; ".join(errors) + ")", host=rec.ip, port=rec.port
         )
@@ -233,7 +253,8 @@ class Reach:
         return env
 
 
-def _short(exc: SSHError) -> str:
+def short_error(exc: SSHError) -> str:
+    """An SSH error in one line of at most 160 characters."""
     text = str(exc)
     return text if len(text) < 160 else text[:157] + "…"
 

@@ -29,15 +29,16 @@ from typing import Any, Final, Protocol
 import paramiko
 
 from .._clock import Clock
-from .._config import Config
-from .._exceptions import FingerprintMismatch, HookError, SSHError
+from .._config import Config, ControllerConfig
+from .._exceptions import FingerprintMismatch, HookError, NodeUnreachable, SSHError
 from .._threads import ThreadLimiter
 from ..state import Change, NodeRecord, NodeState, StateStore
+from ._dial import Dialed, dial
 from ._hooks import EXIT_DECLINED, HookResult, find_hook, run_hook
-from ._reach import AccessFiles, Reach
-from ._ssh import VerifiedSession, open_verified
+from ._reach import AccessFiles, Reach, short_error
+from ._ssh import DIRECT, VerifiedSession, open_verified
 
-__all__ = ["ChangeFn", "Registration", "Registrations", "receipt_path_for"]
+__all__ = ["ChangeFn", "Registration", "Registrations", "receipt_path_for", "retry_change"]
 
 #: Jitter applied to retry delays (±fraction), so retries of many nodes spread out.
 RETRY_JITTER: Final = 0.1
@@ -47,19 +48,67 @@ ChangeFn = Callable[[NodeRecord, Change], Awaitable[NodeRecord | None]]
 
 
 class Registrations(Protocol):
-    """What the daemon needs from whoever carries out registrations (a seam for tests)."""
+    """What the daemon needs from whoever carries out registrations (a seam for tests).
 
-    async def register(self, rec: NodeRecord) -> NodeRecord | None: ...
+    ``dial`` comes first, for every piece of work (``_pool``); what it found is
+    handed to the work itself (a connected socket, or why the direct path failed).
+    """
 
-    async def redeliver_receipt(self, rec: NodeRecord) -> str | None: ...
+    async def dial(self, rec: NodeRecord, *, address: tuple[str, int] | None = None) -> Dialed:
+        """Does ``rec`` (or ``address``: where it says it moved) answer a TCP connect?"""
+        ...
 
-    async def verify_move(self, rec: NodeRecord) -> bool | None:
+    async def register(self, rec: NodeRecord, dialed: Dialed | None = None) -> NodeRecord | None:
+        ...
+
+    async def redeliver_receipt(self, rec: NodeRecord, dialed: Dialed | None = None) -> str | None:
+        ...
+
+    async def verify_move(self, rec: NodeRecord, dialed: Dialed | None = None) -> bool | None:
         """Does the address ``rec`` moved to present its registered key?  None: no answer."""
         ...
 
     def interrupt(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def retry_change(
+    ctl: ControllerConfig,
+    rec: NodeRecord,
+    *,
+    expect: NodeState,
+    to: NodeState,
+    error: str,
+    attempt: int,
+    kind: str,
+    now: float,
+    owner: str | None = None,
+    data: Mapping[str, Any] | None = None,
+) -> Change:
+    """Attempt ``attempt`` failed: ``to`` (unreachable, failed) with the next try due
+    after an exponential, jittered backoff, or given up after ``max_attempts``."""
+    if attempt >= ctl.max_attempts:
+        reason = (
+            f"gave up after {attempt} attempts: {error}; "
+            f"`autoreg retry {rec.node_id}` to try again"
+        )
+        next_attempt = None
+    else:
+        delay = min(ctl.retry_max, ctl.retry_initial * 2 ** (attempt - 1))
+        delay *= 1 + random.uniform(-RETRY_JITTER, RETRY_JITTER)  # noqa: S311 - not crypto
+        reason = f"attempt {attempt}/{ctl.max_attempts} failed: {error}; retrying in {delay:.0f}s"
+        next_attempt = now + delay
+    return Change(
+        expect=expect,
+        to=to,
+        reason=reason,
+        kind=kind,
+        generation=rec.generation,
+        owner=owner,
+        fields={"attempts": attempt, "next_attempt": next_attempt},
+        data=data or {},
+    )
 
 
 def receipt_path_for(config: Config, rec: NodeRecord) -> str:
@@ -134,11 +183,27 @@ class Registration:
             ),
         )
 
-    async def register(self, rec: NodeRecord) -> NodeRecord | None:
+    async def dial(self, rec: NodeRecord, *, address: tuple[str, int] | None = None) -> Dialed:
+        """TCP to the node's direct address when that is the path tried first."""
+        timeout = self._config.controller.connect_timeout
+        others = False
+        if address is None:
+            tunnel = await self._store.tunnel(rec.node_id)
+            paths = self._reach().candidates(rec, tunnel.ports if tunnel is not None else ())
+            if paths[0] is not DIRECT:
+                return Dialed()  # a tunnel or proxy comes first: the SSH step connects
+            address, others = (rec.ip, rec.port), len(paths) > 1
+        try:
+            sock = await dial(*address, timeout=timeout)
+        except NodeUnreachable as exc:
+            return Dialed(error=f"direct: {short_error(exc)}", reachable=others, address=address)
+        return Dialed(sock=sock, address=address)
+
+    async def register(self, rec: NodeRecord, dialed: Dialed | None = None) -> NodeRecord | None:
         """Register ``rec`` (committed as ``registering``); the final record, None if lost."""
         attempt = rec.attempts + 1
         try:
-            session = await self._connect(rec, authenticate=False)
+            session = await self._connect(rec, authenticate=False, dialed=dialed)
         except FingerprintMismatch as exc:
             if exc.announced == rec.fingerprint:
                 what = f"host key {exc.actual} does not match the announced {exc.announced}"
@@ -260,10 +325,10 @@ class Registration:
             return exc
         return None
 
-    async def redeliver_receipt(self, rec: NodeRecord) -> str | None:
+    async def redeliver_receipt(self, rec: NodeRecord, dialed: Dialed | None = None) -> str | None:
         """Leave the receipt again on a registered node that still announces ``ready``."""
         try:
-            session = await self._connect(rec)
+            session = await self._connect(rec, dialed=dialed)
         except SSHError as exc:
             return str(exc)
         try:
@@ -271,14 +336,15 @@ class Registration:
         finally:
             session.close()
 
-    async def verify_move(self, rec: NodeRecord) -> bool | None:
+    async def verify_move(self, rec: NodeRecord, dialed: Dialed | None = None) -> bool | None:
         """Does the address a registered node moved to present its registered key?"""
         moved = rec.moved
         assert moved is not None
         ip, port, _ = moved
         target = dataclasses.replace(self._reach().target(rec), host=ip, port=port)
+        sock = dialed.take() if dialed is not None else None
         try:
-            session = await self._io.run(open_verified, target, None)
+            session = await self._io.run(open_verified, target, None, sock=sock)
         except FingerprintMismatch:
             return False
         except SSHError:
@@ -288,12 +354,25 @@ class Registration:
 
     # -- steps -------------------------------------------------------------------
 
-    async def _connect(self, rec: NodeRecord, *, authenticate: bool = True) -> VerifiedSession:
-        """A verified session over the first path that works (see ``_reach``)."""
+    async def _connect(
+        self, rec: NodeRecord, *, authenticate: bool = True, dialed: Dialed | None = None
+    ) -> VerifiedSession:
+        """A verified session over the first path that works (see ``_reach``); ``dialed``
+        brings the direct path's socket, or why it did not answer."""
         key = await self._io.run(self._key)
         tunnel = await self._store.tunnel(rec.node_id)
         ports = tunnel.ports if tunnel is not None else ()
-        return await self._io.run(self._reach().connect, rec, key, ports, authenticate=authenticate)
+        sock = dialed.take() if dialed is not None else None
+        direct_error = dialed.error if dialed is not None else None
+        return await self._io.run(
+            self._reach().connect,
+            rec,
+            key,
+            ports,
+            authenticate=authenticate,
+            sock=sock,
+            direct_error=direct_error,
+        )
 
     def _reach(self) -> Reach:
         return Reach(self._config, mux_dir=self._mux_dir())
@@ -377,28 +456,20 @@ class Registration:
         kind: str,
         data: dict[str, Any] | None = None,
     ) -> NodeRecord | None:
-        ctl = self._config.controller
-        if attempt >= ctl.max_attempts:
-            return await self._step(
-                rec,
-                state,
-                f"gave up after {attempt} attempts: {error}; "
-                f"`autoreg retry {rec.node_id}` to try again",
-                kind,
-                data=data,
-                attempts=attempt,
-                next_attempt=None,
-            )
-        delay = min(ctl.retry_max, ctl.retry_initial * 2 ** (attempt - 1))
-        delay *= 1 + random.uniform(-RETRY_JITTER, RETRY_JITTER)  # noqa: S311 - not crypto
-        return await self._step(
+        return await self._change(
             rec,
-            state,
-            f"attempt {attempt}/{ctl.max_attempts} failed: {error}; retrying in {delay:.0f}s",
-            kind,
-            data=data,
-            attempts=attempt,
-            next_attempt=self._clock.time() + delay,
+            retry_change(
+                self._config.controller,
+                rec,
+                expect=NodeState.REGISTERING,
+                to=state,
+                error=error,
+                attempt=attempt,
+                kind=kind,
+                now=self._clock.time(),
+                owner=self._owner,
+                data=data,
+            ),
         )
 
     @property

@@ -71,8 +71,10 @@ class Registrar:
 class Decision:
     """The target state (None: leave the node alone) and why.
 
-    ``exclusive`` is the uniqueness scope (role, cluster or None) the store must
-    check again in the transaction that moves the node to ``registering``.
+    ``queued`` means "register it": the node waits for an SSH slot, and is decided
+    again when it gets one.  ``exclusive`` is the uniqueness scope (role, cluster or
+    None) the store must check again in the transaction that then moves the node to
+    ``registering``; ``grant`` is what that transaction spends.
     """
 
     state: NodeState | None
@@ -152,7 +154,9 @@ def decide(node: NodeRecord, me: Registrar, view: StateView) -> Decision:
         if not view.has_registered(required, cluster):
             where = f" of cluster {cluster}" if cluster else ""
             return Decision(NodeState.WAITING, f"waiting for {required}{where} to be registered")
-    return Decision(NodeState.REGISTERING, "all requirements met", exclusive, trust)
+    return Decision(
+        NodeState.QUEUED, "all requirements met: waits for an SSH slot", exclusive, trust
+    )
 
 
 def trusted(node: NodeRecord, me: Registrar, view: StateView) -> str | Decision:

@@ -224,6 +224,7 @@ def open_verified(
     *,
     via: Via = DIRECT,
     proxy_key: paramiko.PKey | None = None,
+    sock: socket.socket | None = None,
 ) -> VerifiedSession:
     """Connect to ``target`` over ``via`` and check its host key against the fingerprint.
 
@@ -234,25 +235,30 @@ def open_verified(
     :meth:`VerifiedSession.authenticate` later (the daemon does that in parallel
     with the hook, so authentication costs no latency).  ``proxy_key`` (default
     ``key``) logs in to the proxy node, which must happen before anything else.
+    ``sock``: a direct path's TCP connection already made (it is consumed).
     """
     host, port = _where(target, via)
     proxy: VerifiedSession | None = None
-    if isinstance(via, ViaProxy):
+    conn: socket.socket | paramiko.Channel
+    if sock is not None:
+        conn = sock
+        sock.settimeout(target.timeout)
+    elif isinstance(via, ViaProxy):
         login = proxy_key or key
         if login is None:
             raise ValueError("a proxy path needs a key to log in to the proxy")
         proxy = open_verified(via.proxy, login)
-        sock: socket.socket | paramiko.Channel = proxy.open_channel(target, host, port)
+        conn = proxy.open_channel(target, host, port)
     else:
         address = (via.host, via.port) if isinstance(via, ViaTunnel) else (target.host, target.port)
         try:
-            sock = socket.create_connection(address, timeout=target.timeout)
+            conn = socket.create_connection(address, timeout=target.timeout)
         except OSError as exc:
             raise NodeUnreachable(_describe(exc), host=host, port=port) from exc
         # The handshake is a ping-pong of small packets: without this, Nagle's algorithm
         # meets the peer's delayed ACK and a round trip can cost 40 ms.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    transport = paramiko.Transport(sock)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    transport = paramiko.Transport(conn)
     try:
         transport.banner_timeout = target.timeout
         transport.handshake_timeout = target.timeout

@@ -25,7 +25,17 @@ from ._machine import (
     is_settled,
     mermaid_diagram,
 )
-from ._records import Event, NodeRecord, Source, Token, Tunnel, Window
+from ._records import (
+    Arrival,
+    Departure,
+    Event,
+    NodeRecord,
+    Note,
+    Source,
+    Token,
+    Tunnel,
+    Window,
+)
 from ._schema import SCHEMA_VERSION
 from ._sqlite import CLAIM_LEASE, WATCH_INTERVAL, SqliteStore
 
@@ -41,12 +51,15 @@ __all__ = [
     "TRANSITIONS",
     "WATCH_INTERVAL",
     "Absorbed",
+    "Arrival",
     "Change",
+    "Departure",
     "Event",
     "IllegalTransition",
     "LostRace",
     "NodeRecord",
     "NodeState",
+    "Note",
     "Source",
     "SqliteStore",
     "StateStore",

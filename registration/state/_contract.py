@@ -19,16 +19,37 @@ Change notification
     by whichever process wrote them (each event names its ``origin``).  Every
     change another process makes (lockdown, retry, forget, a manual registration,
     another registrar's result) is such an event.
+
+Batches
+    A burst (a rack booting, a flood) is committed in few transactions:
+    :meth:`StateStore.ingest_many` takes announcements, goodbyes and notes together,
+    :meth:`StateStore.change_many` applies many compare-and-set changes, each on its
+    own terms.  Both are equivalent to calling the single forms in order.
+
+Events
+    The log is bounded (:meth:`StateStore.prune_events`, by count and age); the same
+    event again on a node (same kind, state, message and writer) is kept as one
+    entry that counts (``Event.repeats``, ``Event.first_ts``) and moves to the end.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from ._ingest import Absorbed
-from ._machine import Change, NodeState
-from ._records import Event, NodeRecord, Source, Token, Tunnel, Window
+from ._machine import Change, LostRace, NodeState
+from ._records import (
+    Arrival,
+    Departure,
+    Event,
+    NodeRecord,
+    Note,
+    Source,
+    Token,
+    Tunnel,
+    Window,
+)
 
 __all__ = ["GLOBAL_SCOPE", "StateStore"]
 
@@ -91,6 +112,14 @@ class StateStore(Protocol):
         """
         ...
 
+    async def ingest_many(
+        self, items: Sequence[Arrival | Departure | Note]
+    ) -> list[Absorbed | NodeRecord | None]:
+        """A burst in one transaction, in order: per item, what :meth:`ingest` (an
+        :class:`Arrival`) or :meth:`withdraw` (a :class:`Departure`) returns, or None
+        (a :class:`Note`, recorded as an event)."""
+        ...
+
     async def withdraw(
         self, *, source: Source, instance: str, observer: str = ""
     ) -> NodeRecord | None:
@@ -109,6 +138,14 @@ class StateStore(Protocol):
         host key (one host key is one node) or, with ``Change.exclusive``, the role's
         unique slot; ``IllegalTransition`` for a change the state table does not allow.
         """
+        ...
+
+    async def change_many(
+        self, changes: Sequence[tuple[str, Change]]
+    ) -> list[NodeRecord | LostRace]:
+        """Many :meth:`change` calls in one commit; each result is the new record or
+        the ``LostRace`` that dropped that change alone (``IllegalTransition`` aborts
+        the batch: it is a bug in the caller)."""
         ...
 
     async def settle_move(
@@ -209,13 +246,27 @@ class StateStore(Protocol):
     ) -> None: ...
 
     async def events(
-        self, *, after: int = 0, node_id: str | None = None, limit: int = 1000
-    ) -> list[Event]: ...
+        self,
+        *,
+        after: int = 0,
+        node_id: str | None = None,
+        limit: int = 1000,
+        origin_not: str | None = None,
+    ) -> list[Event]:
+        """Events after sequence number ``after``, oldest first; ``origin_not`` leaves
+        out those that writer wrote."""
+        ...
 
     async def last_events(self, count: int, *, node_id: str | None = None) -> list[Event]: ...
 
-    def watch(self, *, after: int) -> AsyncIterator[list[Event]]:
-        """Batches of events committed after ``after``, as they come, forever."""
+    async def prune_events(self, *, keep: int, max_age: float | None = None) -> int:
+        """Delete all but the newest ``keep`` events and those older than ``max_age``
+        seconds; how many went."""
+        ...
+
+    def watch(self, *, after: int, origin_not: str | None = None) -> AsyncIterator[list[Event]]:
+        """Batches of events committed after ``after``, as they come, forever
+        (``origin_not``: except that writer's own)."""
         ...
 
     # -- tunnels ---------------------------------------------------------------------

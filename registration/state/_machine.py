@@ -48,6 +48,7 @@ class NodeState(enum.StrEnum):
     REFUSED = "refused"
     REJECTED = "rejected"
     UNREACHABLE = "unreachable"
+    QUEUED = "queued"
     REGISTERING = "registering"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
@@ -107,6 +108,7 @@ TRAITS: Final[Mapping[NodeState, Traits]] = {
     S.REFUSED: Traits("uniqueness: another node holds the slot", decidable=True),
     S.REJECTED: Traits("spoofed, malformed, or declined by the hook", final=True),
     S.UNREACHABLE: Traits("SSH failed; retried with backoff", decidable=True, retryable=True),
+    S.QUEUED: Traits("to be registered: waits for a free SSH slot", decidable=True),
     S.REGISTERING: Traits("verifying over SSH and running the hook", holds_slot=True, claimed=True),
     S.FAILED: Traits("the hook failed; retried with backoff", decidable=True, retryable=True),
     S.INTERRUPTED: Traits("stopped during its hook: the admin decides", final=True),
@@ -114,7 +116,7 @@ TRAITS: Final[Mapping[NodeState, Traits]] = {
     S.REGISTERED: Traits("done, exactly once", holds_slot=True, final=True),
 }
 
-_DECIDED: Final = frozenset({S.PENDING, S.WAITING, S.LOCKED, S.REFUSED, S.REJECTED, S.REGISTERING})
+_DECIDED: Final = frozenset({S.PENDING, S.WAITING, S.LOCKED, S.REFUSED, S.REJECTED, S.QUEUED})
 #: Ingestion may find that a second host key announces a node's id: a conflict.
 _CONTESTED: Final = frozenset({S.CONFLICT})
 
@@ -130,6 +132,9 @@ TRANSITIONS: Final[Mapping[NodeState | None, frozenset[NodeState]]] = {
     S.REFUSED: _DECIDED | _CONTESTED | {S.SEEN},
     S.UNREACHABLE: _DECIDED | _CONTESTED | {S.SEEN},
     S.FAILED: _DECIDED | _CONTESTED | {S.SEEN},
+    # A queued node takes its slot (registering) when the SSH pool gives it one, and is
+    # decided again meanwhile; a node no path reaches is unreachable without a slot.
+    S.QUEUED: _DECIDED | _CONTESTED | {S.SEEN, S.REGISTERING, S.UNREACHABLE},
     # Only new data (another key or address) or the admin's retry reopen these.
     S.REJECTED: _CONTESTED | {S.SEEN},
     S.INTERRUPTED: frozenset({S.SEEN}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import secrets
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._machine import NodeState
@@ -12,7 +13,18 @@ from ._machine import NodeState
 if TYPE_CHECKING:
     from ..protocol import Announcement
 
-__all__ = ["Event", "NodeRecord", "Source", "Token", "Tunnel", "Window", "new_generation"]
+__all__ = [
+    "Arrival",
+    "Departure",
+    "Event",
+    "NodeRecord",
+    "Note",
+    "Source",
+    "Token",
+    "Tunnel",
+    "Window",
+    "new_generation",
+]
 
 
 class Source(enum.StrEnum):
@@ -126,6 +138,38 @@ class NodeRecord:
         return cls(**args)
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Arrival:
+    """One announcement to absorb (:meth:`StateStore.ingest_many`)."""
+
+    ann: Announcement
+    source: Source
+    instance: str
+    observer: str = ""
+    lease: float | None = None  # seconds it stays present without news; None: until goodbye
+    auth: str = ""
+    token_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Departure:
+    """A goodbye: ``instance`` from ``source``, as ``observer`` saw it, is gone."""
+
+    source: Source
+    instance: str
+    observer: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Note:
+    """An event to record with a batch (a rejected announcement, say)."""
+
+    node_id: str | None
+    kind: str
+    message: str
+    data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Tunnel:
     """A node's reverse tunnel allocation: its callback key and controller ports."""
@@ -149,6 +193,10 @@ class Event:
     message: str
     data: dict[str, Any]
     origin: str = ""  # who wrote it: a registrar's owner id, or an admin's command
+    #: The same event (node, kind, state, message, writer) in a row is kept once:
+    #: how many times it happened, and when first (``ts`` is the latest).
+    repeats: int = 1
+    first_ts: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -17,14 +17,24 @@ finds is a dead one's.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, ParamSpec, TypeVar
 
 from .._threads import ThreadLimiter
 from ._ingest import Absorbed
-from ._machine import Change, NodeState
-from ._records import Event, NodeRecord, Source, Token, Tunnel, Window
+from ._machine import Change, LostRace, NodeState
+from ._records import (
+    Arrival,
+    Departure,
+    Event,
+    NodeRecord,
+    Note,
+    Source,
+    Token,
+    Tunnel,
+    Window,
+)
 from ._sqlite_nodes import CLAIM_LEASE, NodeTables
 from ._sqlite_trust import TrustTables
 from ._sqlite_tunnels import TunnelTables
@@ -116,6 +126,11 @@ class SqliteStore:
             self._db.ingest, ann, source, instance, observer, lease, auth, token_id
         )
 
+    async def ingest_many(
+        self, items: Sequence[Arrival | Departure | Note]
+    ) -> list[Absorbed | NodeRecord | None]:
+        return await self._run(self._db.ingest_many, items)
+
     async def withdraw(
         self, *, source: Source, instance: str, observer: str = ""
     ) -> NodeRecord | None:
@@ -126,6 +141,11 @@ class SqliteStore:
 
     async def change(self, node_id: str, change: Change) -> NodeRecord:
         return await self._run(self._db.change, node_id, change)
+
+    async def change_many(
+        self, changes: Sequence[tuple[str, Change]]
+    ) -> list[NodeRecord | LostRace]:
+        return await self._run(self._db.change_many, changes)
 
     async def note_path(self, node_id: str, path: str) -> NodeRecord | None:
         return await self._run(self._db.note_path, node_id, path)
@@ -210,23 +230,35 @@ class SqliteStore:
         await self._run(self._db.add_event, node_id, kind, message, data, state)
 
     async def events(
-        self, *, after: int = 0, node_id: str | None = None, limit: int = 1000
+        self,
+        *,
+        after: int = 0,
+        node_id: str | None = None,
+        limit: int = 1000,
+        origin_not: str | None = None,
     ) -> list[Event]:
-        return await self._run(self._db.events, after, node_id, limit)
+        return await self._run(self._db.events, after, node_id, limit, origin_not)
+
+    async def prune_events(self, *, keep: int, max_age: float | None = None) -> int:
+        return await self._run(self._db.prune_events, keep, max_age)
 
     async def last_events(self, count: int, *, node_id: str | None = None) -> list[Event]:
         return await self._run(self._db.last_events, count, node_id)
 
-    async def watch(self, *, after: int) -> AsyncIterator[list[Event]]:
+    async def watch(
+        self, *, after: int, origin_not: str | None = None
+    ) -> AsyncIterator[list[Event]]:
         """Poll for new events every :data:`WATCH_INTERVAL` (sqlite has no push)."""
         last = after
         while True:
-            if await self._run(self._db.last_seq) > last:
-                batch = await self._run(self._db.events, last, None, 10_000)
+            newest = await self._run(self._db.last_seq)
+            if newest > last:
+                batch = await self._run(self._db.events, last, None, 10_000, origin_not)
                 if batch:
                     last = batch[-1].seq
                     yield batch
                     continue
+                last = newest  # all of them were this writer's own
             await asyncio.sleep(WATCH_INTERVAL)
 
     async def allocate_tunnel(

@@ -91,6 +91,8 @@ def _event_of(row: sqlite3.Row) -> Event:
         message=row["message"],
         data=data,
         origin=row["origin"] if "origin" in row.keys() else "",  # noqa: SIM118 - sqlite3.Row
+        repeats=row["repeats"] if "repeats" in row.keys() else 1,  # noqa: SIM118
+        first_ts=row["first_ts"] if "first_ts" in row.keys() else None,  # noqa: SIM118
     )
 
 
@@ -199,9 +201,10 @@ class Connection:
         message: str,
         data: Mapping[str, Any],
     ) -> None:
+        now = time.time()
         columns = "ts, node_id, kind, state, message, data"
         values: tuple[Any, ...] = (
-            time.time(),
+            now,
             node_id,
             kind,
             state,
@@ -211,8 +214,45 @@ class Connection:
         if self._has_origin(conn):
             columns += ", origin"
             values += (self.origin,)
+            if self._has_repeats(conn):
+                repeats, first = self._coalesce(conn, node_id, kind, state, message)
+                columns += ", repeats, first_ts"
+                values += (repeats, first)
         marks = ", ".join("?" * len(values))
         conn.execute(f"INSERT INTO events ({columns}) VALUES ({marks})", values)  # noqa: S608
+
+    def _coalesce(
+        self,
+        conn: sqlite3.Connection,
+        node_id: str | None,
+        kind: str,
+        state: str | None,
+        message: str,
+    ) -> tuple[int, float | None]:
+        """The same event as this node's last one: that row goes, its count comes along
+        (the new row gets a new sequence number, so every watcher sees it)."""
+        row = conn.execute(
+            "SELECT seq, ts, kind, state, message, origin, repeats, first_ts FROM events "
+            "WHERE node_id IS ? ORDER BY seq DESC LIMIT 1",
+            (node_id,),
+        ).fetchone()
+        if row is None or (row["kind"], row["state"], row["message"], row["origin"]) != (
+            kind,
+            state,
+            message,
+            self.origin,
+        ):
+            return 1, None
+        conn.execute("DELETE FROM events WHERE seq = ?", (row["seq"],))
+        return row["repeats"] + 1, row["first_ts"] if row["first_ts"] is not None else row["ts"]
+
+    _repeats_column = False
+
+    def _has_repeats(self, conn: sqlite3.Connection) -> bool:
+        if not self._repeats_column:
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+            self._repeats_column = "repeats" in columns
+        return self._repeats_column
 
     _origin_column = False
 
@@ -279,12 +319,17 @@ class Connection:
         with self._write() as conn:
             self._event(conn, node_id, kind, state, message, data or {})
 
-    def events(self, after: int, node_id: str | None, limit: int) -> list[Event]:
+    def events(
+        self, after: int, node_id: str | None, limit: int, origin_not: str | None = None
+    ) -> list[Event]:
         sql = "SELECT * FROM events WHERE seq > ?"
         params: list[Any] = [after]
         if node_id is not None:
             sql += " AND node_id = ?"
             params.append(node_id)
+        if origin_not is not None:
+            sql += " AND origin != ?"
+            params.append(origin_not)
         sql += " ORDER BY seq LIMIT ?"
         params.append(limit)
         return [_event_of(r) for r in self._read(sql, tuple(params))]
@@ -298,6 +343,24 @@ class Connection:
         sql += " ORDER BY seq DESC LIMIT ?"
         params.append(count)
         return [_event_of(r) for r in reversed(self._read(sql, tuple(params)))]
+
+    def prune_events(self, keep: int, max_age: float | None) -> int:
+        """Delete all but the newest ``keep`` events, and those older than ``max_age``."""
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?", (keep,)
+            ).fetchone()
+            cutoff = row[0] if row is not None else 0
+            if max_age is not None:
+                young = conn.execute(
+                    "SELECT seq FROM events WHERE ts >= ? ORDER BY seq LIMIT 1",
+                    (time.time() - max_age,),
+                ).fetchone()
+                last = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+                cutoff = max(cutoff, young[0] - 1 if young is not None else last)
+            if cutoff <= 0:
+                return 0
+            return conn.execute("DELETE FROM events WHERE seq <= ?", (cutoff,)).rowcount
 
     def last_seq(self) -> int:
         return int(self._read("SELECT COALESCE(MAX(seq), 0) FROM events")[0][0])

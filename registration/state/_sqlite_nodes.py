@@ -8,12 +8,13 @@ import fcntl
 import os
 import sqlite3
 import time
+from collections.abc import Sequence
 from typing import Any, Final
 
 from .._exceptions import AlreadyRunning, NodeNotFound, StateError
 from ._ingest import Absorbed, absorb
 from ._machine import Change, LostRace, NodeState, apply_change
-from ._records import NodeRecord, Source
+from ._records import Arrival, Departure, NodeRecord, Note, Source
 from ._sqlite_base import PRESENT, Connection, expiry, record_of
 
 __all__ = ["CLAIM_LEASE", "LOCK_FILE", "NodeTables"]
@@ -69,70 +70,104 @@ class NodeTables(Connection):
         auth: str,
         token_id: str | None,
     ) -> Absorbed:
-        now = time.time()
+        arrival = Arrival(
+            ann=ann,
+            source=source,
+            instance=instance,
+            observer=observer,
+            lease=lease,
+            auth=auth,
+            token_id=token_id,
+        )
         with self._write() as conn:
-            existing = self._get(conn, ann.node_id)
-            others = conn.execute(
-                "SELECT 1 FROM presence WHERE node_id = ? AND (expires IS NULL OR expires > ?) "
-                "AND NOT (source = ? AND instance = ? AND observer = ?) LIMIT 1",
-                (ann.node_id, now, source.value, instance, observer),
-            ).fetchone()
-            result = absorb(
-                existing,
-                ann,
-                source=source,
-                instance=instance,
-                now=now,
-                was_present=existing is not None and existing.present,
-                others_present=others is not None,
-                auth=auth,
-                token_id=token_id,
+            return self._arrive(conn, arrival, time.time())
+
+    def ingest_many(
+        self, items: Sequence[Arrival | Departure | Note]
+    ) -> list[Absorbed | NodeRecord | None]:
+        """A burst in one transaction: each arrival absorbed, each goodbye noted."""
+        now = time.time()
+        out: list[Absorbed | NodeRecord | None] = []
+        with self._write() as conn:
+            for item in items:
+                if isinstance(item, Arrival):
+                    out.append(self._arrive(conn, item, now))
+                elif isinstance(item, Departure):
+                    out.append(self._depart(conn, item))
+                else:
+                    self._event(conn, item.node_id, item.kind, None, item.message, item.data)
+                    out.append(None)
+        return out
+
+    def _arrive(self, conn: sqlite3.Connection, item: Arrival, now: float) -> Absorbed:
+        ann, source = item.ann, item.source
+        existing = self._get(conn, ann.node_id)
+        others = conn.execute(
+            "SELECT 1 FROM presence WHERE node_id = ? AND (expires IS NULL OR expires > ?) "
+            "AND NOT (source = ? AND instance = ? AND observer = ?) LIMIT 1",
+            (ann.node_id, now, source.value, item.instance, item.observer),
+        ).fetchone()
+        result = absorb(
+            existing,
+            ann,
+            source=source,
+            instance=item.instance,
+            now=now,
+            was_present=existing is not None and existing.present,
+            others_present=others is not None,
+            auth=item.auth,
+            token_id=item.token_id,
+        )
+        self._put(conn, result.record)
+        conn.execute(
+            "INSERT OR REPLACE INTO presence (node_id, source, instance, observer, expires) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (ann.node_id, source.value, item.instance, item.observer, expiry(now, item.lease)),
+        )
+        if result.kind is not None and result.message is not None:
+            self._event(
+                conn,
+                ann.node_id,
+                result.kind,
+                result.record.state.value,
+                result.message,
+                result.data,
             )
-            self._put(conn, result.record)
-            conn.execute(
-                "INSERT OR REPLACE INTO presence (node_id, source, instance, observer, expires) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (ann.node_id, source.value, instance, observer, expiry(now, lease)),
-            )
-            if result.kind is not None and result.message is not None:
-                self._event(
-                    conn,
-                    ann.node_id,
-                    result.kind,
-                    result.record.state.value,
-                    result.message,
-                    result.data,
-                )
         return result
 
     def withdraw(self, source: Source, instance: str, observer: str) -> NodeRecord | None:
         with self._write() as conn:
-            rows = list(
-                conn.execute(
-                    "SELECT node_id FROM presence WHERE source = ? AND instance = ? "
-                    "AND observer = ?",
-                    (source.value, instance, observer),
-                )
+            return self._depart(
+                conn, Departure(source=source, instance=instance, observer=observer)
             )
-            if not rows:
-                return None
-            node_id = rows[0][0]
+
+    def _depart(self, conn: sqlite3.Connection, item: Departure) -> NodeRecord | None:
+        where = (item.source.value, item.instance, item.observer)
+        rows = list(
             conn.execute(
-                "DELETE FROM presence WHERE source = ? AND instance = ? AND observer = ?",
-                (source.value, instance, observer),
+                "SELECT node_id FROM presence WHERE source = ? AND instance = ? "
+                "AND observer = ?",
+                where,
             )
-            rec = self._get(conn, node_id)
-            if rec is None or rec.present:
-                return None
-            self._event(
-                conn,
-                node_id,
-                "withdrawn",
-                rec.state.value,
-                f"{rec.label} withdrew its announcement (goodbye from {instance})",
-                {"source": source.value, "instance": instance},
-            )
-            return rec
+        )
+        if not rows:
+            return None
+        node_id = rows[0][0]
+        conn.execute(
+            "DELETE FROM presence WHERE source = ? AND instance = ? AND observer = ?", where
+        )
+        rec = self._get(conn, node_id)
+        if rec is None or rec.present:
+            return None
+        self._event(
+            conn,
+            node_id,
+            "withdrawn",
+            rec.state.value,
+            f"{rec.label} withdrew its announcement (goodbye from {item.instance})",
+            {"source": item.source.value, "instance": item.instance},
+        )
+        return rec
 
     def clear_presence(self, source: Source, observer: str) -> None:
         with self._write() as conn:
@@ -141,44 +176,66 @@ class NodeTables(Connection):
             )
 
     def change(self, node_id: str, change: Change) -> NodeRecord:
-        now = time.time()
         with self._write() as conn:
-            rec = self._get(conn, node_id)
-            owner_alive = not (
-                self.registrar_lock is not None
-                and rec is not None
-                and rec.claim_owner not in (None, change.owner)
-            )
-            fresh = apply_change(rec, change, now=now, lease=CLAIM_LEASE, owner_alive=owner_alive)
-            if fresh.state.holds_slot and not change.expect.holds_slot:
-                # One host key is one node: checked in the transaction that takes the slot.
-                keyholder = self._key_holder(conn, fresh.fingerprint, exclude=node_id)
-                if keyholder is not None:
-                    raise LostRace(
-                        f"host key {fresh.fingerprint} is {keyholder.state.value} as "
-                        f"{keyholder.label}"
-                    )
-            if change.exclusive is not None:
-                role, cluster = change.exclusive
-                holder = self._slot_holder(conn, role, cluster, exclude=node_id)
-                if holder is not None:
-                    raise LostRace(
-                        f"{holder.label} holds the {role} slot"
-                        + (f" of cluster {cluster}" if cluster else "")
-                    )
-            if change.grant is not None and fresh.state.holds_slot:
-                if change.grant != (rec.granted if rec else None):
-                    self._consume(conn, fresh, change.grant, now)
-                fresh = dataclasses.replace(fresh, granted=change.grant)
-            self._put(conn, fresh)
-            self._event(
-                conn,
-                node_id,
-                change.kind,
-                fresh.state.value,
-                change.event_message(fresh),
-                change.data,
-            )
+            return self._change(conn, node_id, change, time.time())
+
+    def change_many(
+        self, changes: Sequence[tuple[str, Change]]
+    ) -> list[NodeRecord | LostRace]:
+        """Each change on its own terms (a lost race drops that one only), one commit."""
+        now = time.time()
+        out: list[NodeRecord | LostRace] = []
+        with self._write() as conn:
+            for node_id, change in changes:
+                conn.execute("SAVEPOINT one_change")
+                try:
+                    out.append(self._change(conn, node_id, change, now))
+                except LostRace as exc:
+                    conn.execute("ROLLBACK TO one_change")
+                    out.append(exc)
+                finally:
+                    conn.execute("RELEASE one_change")
+        return out
+
+    def _change(
+        self, conn: sqlite3.Connection, node_id: str, change: Change, now: float
+    ) -> NodeRecord:
+        rec = self._get(conn, node_id)
+        owner_alive = not (
+            self.registrar_lock is not None
+            and rec is not None
+            and rec.claim_owner not in (None, change.owner)
+        )
+        fresh = apply_change(rec, change, now=now, lease=CLAIM_LEASE, owner_alive=owner_alive)
+        if fresh.state.holds_slot and not change.expect.holds_slot:
+            # One host key is one node: checked in the transaction that takes the slot.
+            keyholder = self._key_holder(conn, fresh.fingerprint, exclude=node_id)
+            if keyholder is not None:
+                raise LostRace(
+                    f"host key {fresh.fingerprint} is {keyholder.state.value} as "
+                    f"{keyholder.label}"
+                )
+        if change.exclusive is not None:
+            role, cluster = change.exclusive
+            holder = self._slot_holder(conn, role, cluster, exclude=node_id)
+            if holder is not None:
+                raise LostRace(
+                    f"{holder.label} holds the {role} slot"
+                    + (f" of cluster {cluster}" if cluster else "")
+                )
+        if change.grant is not None and fresh.state.holds_slot:
+            if change.grant != (rec.granted if rec else None):
+                self._consume(conn, fresh, change.grant, now)
+            fresh = dataclasses.replace(fresh, granted=change.grant)
+        self._put(conn, fresh)
+        self._event(
+            conn,
+            node_id,
+            change.kind,
+            fresh.state.value,
+            change.event_message(fresh),
+            change.data,
+        )
         return fresh
 
     def _slot_holder(

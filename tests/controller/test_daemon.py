@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,8 +19,6 @@ from registration import load_config
 from registration._exceptions import AlreadyRunning, StateError, TransportError
 from registration.controller import EXIT_INTERRUPTED, Daemon
 from registration.state import (
-    Change,
-    NodeRecord,
     NodeState,
     Source,
     SqliteStore,
@@ -81,7 +80,7 @@ async def test_a_retry_waits_for_its_timer(tmp_path: Path) -> None:
         assert h.script.calls == ["walrus01", "walrus01"]
 
 
-async def test_a_receipt_is_resent_every_interval_even_under_churn(tmp_path: Path) -> None:
+async def test_a_receipt_is_resent_with_backoff_even_under_churn(tmp_path: Path) -> None:
     async with Harness(tmp_path) as h:
         ann = announcement("walrus01", "walrus")
         h.network.announce(ann)
@@ -93,15 +92,16 @@ async def test_a_receipt_is_resent_every_interval_even_under_churn(tmp_path: Pat
             h.network.announce(announcement("walrus01", "walrus", name=f"w{i}"))
             await h.settle()
         await until(lambda: h.script.receipts == ["walrus01"], "one re-delivery after 30 s")
-        h.clock.advance(29)
+        # then after 60 s, 120 s, ... (RECEIPT_RESEND_INTERVAL doubling, capped)
+        h.clock.advance(59)
         await h.settle()
         assert h.script.receipts == ["walrus01"]
         h.clock.advance(1)
-        await until(lambda: len(h.script.receipts) == 2, "the second re-delivery")
+        await until(lambda: len(h.script.receipts) == 2, "the second re-delivery, 60 s later")
         # a node that says it is registered gets none
         h.network.announce(announcement("walrus01", "walrus", name="w9", state="registered"))
         await h.settle()
-        h.clock.advance(60)
+        h.clock.advance(600)
         await h.settle()
         assert len(h.script.receipts) == 2
 
@@ -213,7 +213,8 @@ async def test_recovery_holds_an_interrupted_hook_and_restarts_an_unstarted_one(
     try:  # what a daemon killed mid-registration leaves behind
         await put(store, "walrus01", S.REGISTERING, role="walrus", cluster=None,
                   fields={"hook_started": True})  # fmt: skip
-        await put(store, "cc000001", S.REGISTERING, role="cc", fingerprint=OTHER_FP)
+        await put(store, "cc000001", S.REGISTERING, role="cc", fingerprint=OTHER_FP,
+                  ip="198.18.0.9")  # where it announces again  # fmt: skip
     finally:
         await store.close()
     async with Harness(tmp_path) as h:
@@ -229,16 +230,16 @@ async def test_a_failing_pass_backs_off_and_logs_one_traceback(
 ) -> None:
     async with Harness(tmp_path) as h:
         store = h.daemon.store
-        real_change = store.change
+        real_change_many = store.change_many
         failures = {"left": 3}
 
-        async def flaky(node_id: str, change: Change) -> NodeRecord:
+        async def flaky(changes: Any) -> Any:
             if failures["left"]:
                 failures["left"] -= 1
                 raise StateError("database is locked")
-            return await real_change(node_id, change)
+            return await real_change_many(changes)
 
-        store.change = flaky  # type: ignore[method-assign]
+        store.change_many = flaky  # type: ignore[method-assign]
         with caplog.at_level(logging.WARNING):
             h.network.announce(announcement("walrus01", "walrus"))
             await until(lambda: failures["left"] == 2, "the first failure")

@@ -42,13 +42,13 @@ def test_the_index_and_the_store_agree_on_who_holds_a_slot(
                 index.put(await put(store, f"node{i:04d}", state, role=role, cluster=cluster))
             for role, cluster in ROLES:
                 scope = None if role == "walrus" else cluster
-                probe = await put(store, "probe001", S.SEEN, role=role, cluster=cluster)
+                probe = await put(store, "probe001", S.QUEUED, role=role, cluster=cluster)
                 holder = index.slot_holder(role, scope, exclude="probe001")
                 try:
                     await store.change(
                         "probe001",
                         Change(
-                            expect=S.SEEN,
+                            expect=S.QUEUED,
                             to=S.REGISTERING,
                             reason="r",
                             kind="k",
@@ -107,7 +107,7 @@ def _settle(index: NodeIndex, me: Registrar, dirty: set[str], *, full: bool) -> 
                 rec.reason,
             ):
                 continue
-            if decision.state is S.REGISTERING:
+            if decision.state is S.QUEUED:  # a free slot at once: its outcome
                 attempt = rec.attempts + 1
                 outcome = _outcome(node_id, attempt)
                 new = dataclasses.replace(

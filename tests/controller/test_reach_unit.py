@@ -113,7 +113,9 @@ class _Recorder:
         self.outcomes = outcomes
         self.calls: list[tuple[str, float]] = []
 
-    def __call__(self, target: SSHTarget, key: Any, *, via: Via, proxy_key: Any) -> Any:
+    def __call__(
+        self, target: SSHTarget, key: Any, *, via: Via, proxy_key: Any, sock: Any = None
+    ) -> Any:
         self.calls.append((via.describe(), target.timeout))
         outcome = self.outcomes[via.describe()]
         if outcome is not None:

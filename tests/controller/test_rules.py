@@ -117,7 +117,7 @@ def test_lock(scope: str) -> None:
 
 def test_lock_of_another_role_does_not_apply() -> None:
     decision = decide(node("n0000001", "walrus"), CLC, view(locked=["cc"]))
-    assert decision.state is NodeState.REGISTERING
+    assert decision.state is NodeState.QUEUED
 
 
 # -- self-registration ----------
@@ -135,7 +135,7 @@ def test_cc_waits_until_it_is_registered_itself() -> None:
 def test_clc_needs_no_self_registration() -> None:
     me = Registrar(role="clc", cluster=None, profile=EUCA, self_registered=False)
     assert not me.needs_self_registration
-    assert decide(node("n0000001", "walrus"), me, view()).state is NodeState.REGISTERING
+    assert decide(node("n0000001", "walrus"), me, view()).state is NodeState.QUEUED
 
 
 def test_lock_comes_before_self_registration() -> None:
@@ -160,12 +160,12 @@ def test_unique_cloud_refuses_a_second_walrus(holder_state: NodeState) -> None:
 )
 def test_nodes_not_holding_a_slot_do_not_count(other_state: NodeState) -> None:
     other = node("w0000001", "walrus", state=other_state)
-    assert decide(node("w0000002", "walrus"), CLC, view(other)).state is NodeState.REGISTERING
+    assert decide(node("w0000002", "walrus"), CLC, view(other)).state is NodeState.QUEUED
 
 
 def test_a_registered_node_does_not_block_itself() -> None:
     me_node = node("w0000001", "walrus", state=NodeState.REGISTERING)
-    assert decide(me_node, CLC, view(me_node)).state is NodeState.REGISTERING
+    assert decide(me_node, CLC, view(me_node)).state is NodeState.QUEUED
 
 
 def test_unique_cluster_refuses_a_second_cc_in_the_same_cluster() -> None:
@@ -177,13 +177,13 @@ def test_unique_cluster_refuses_a_second_cc_in_the_same_cluster() -> None:
 
 def test_a_cc_in_another_cluster_does_not_count() -> None:
     holder = node("c0000001", "cc", "bar", NodeState.REGISTERED)
-    assert decide(node("c0000002", "cc", "foo"), CLC, view(holder)).state is NodeState.REGISTERING
+    assert decide(node("c0000002", "cc", "foo"), CLC, view(holder)).state is NodeState.QUEUED
 
 
 def test_unique_none_allows_many_ncs() -> None:
     others = [node(f"n000000{i}", "nc", "foo", NodeState.REGISTERED) for i in range(3)]
     assert (
-        decide(node("n0000009", "nc", "foo"), CC_FOO, view(*others)).state is NodeState.REGISTERING
+        decide(node("n0000009", "nc", "foo"), CC_FOO, view(*others)).state is NodeState.QUEUED
     )
 
 
@@ -216,7 +216,8 @@ def test_sc_requirement_not_satisfied(cc: NodeRecord) -> None:
 def test_sc_registered_once_its_cc_is() -> None:
     cc = node("c0000001", "cc", "foo", NodeState.REGISTERED)
     assert decide(node("s0000001", "sc", "foo"), CLC, view(cc)) == Decision(
-        NodeState.REGISTERING, "all requirements met", ("sc", "foo"), grant="open"
+        NodeState.QUEUED, "all requirements met: waits for an SSH slot", ("sc", "foo"),
+        grant="open"
     )
 
 
@@ -240,16 +241,16 @@ def test_requirement_without_cluster_is_cloud_wide() -> None:
     assert decide(osg, me, view(cc, profile=profile)).reason == (
         "waiting for walrus to be registered"
     )
-    assert decide(osg, me, view(walrus, cc, profile=profile)).state is NodeState.REGISTERING
+    assert decide(osg, me, view(walrus, cc, profile=profile)).state is NodeState.QUEUED
 
 
 # -- the whole decision table for a CLC ----------
 
 
 def test_plain_registrations() -> None:
-    assert decide(node("w0000001", "walrus"), CLC, view()).state is NodeState.REGISTERING
-    assert decide(node("c0000001", "cc", "foo"), CLC, view()).state is NodeState.REGISTERING
-    assert decide(node("n0000001", "nc", "foo"), CC_FOO, view()).state is NodeState.REGISTERING
+    assert decide(node("w0000001", "walrus"), CLC, view()).state is NodeState.QUEUED
+    assert decide(node("c0000001", "cc", "foo"), CLC, view()).state is NodeState.QUEUED
+    assert decide(node("n0000001", "nc", "foo"), CC_FOO, view()).state is NodeState.QUEUED
 
 
 def test_custom_profile_registrar_with_cluster_owns_cluster_less_roles() -> None:
@@ -259,7 +260,7 @@ def test_custom_profile_registrar_with_cluster_owns_cluster_less_roles() -> None
     me = Registrar(role="cc", cluster="foo", profile=profile)
     assert owns(me, "agent", None) is None
     assert decide(node("a0000001", "agent"), me, view(profile=profile)).state is (
-        NodeState.REGISTERING
+        NodeState.QUEUED
     )
 
 
@@ -283,9 +284,9 @@ def test_the_first_present_announcer_of_a_key_holds_it() -> None:
                                  first_seen=2.0)  # fmt: skip
     index = view(first, second)
     assert decide(second, CLC, index).state is NodeState.REFUSED
-    assert decide(first, CLC, index).state is NodeState.REGISTERING
+    assert decide(first, CLC, index).state is NodeState.QUEUED
     gone = dataclasses.replace(first, present=False)
-    assert decide(second, CLC, view(gone, second)).state is NodeState.REGISTERING
+    assert decide(second, CLC, view(gone, second)).state is NodeState.QUEUED
 
 
 def test_the_key_rule_comes_before_lockdown() -> None:
@@ -299,4 +300,4 @@ def test_a_rejected_node_does_not_hold_the_key_it_claimed() -> None:
                                 first_seen=1.0)  # fmt: skip
     other = dataclasses.replace(node("c0000001", "cc", "foo"), fingerprint=spoof.fingerprint,
                                 first_seen=2.0)  # fmt: skip
-    assert decide(other, CLC, view(spoof, other)).state is NodeState.REGISTERING
+    assert decide(other, CLC, view(spoof, other)).state is NodeState.QUEUED

@@ -210,7 +210,7 @@ async def test_the_approval_queue_is_bounded(tmp_path: Path) -> None:
         await h.settle()
         events = [e for e in await h.daemon.store.events() if e.kind == "pending-full"]
         assert len(events) == 2
-        assert sum(e.data["dropped"] for e in events) == 41
+        assert sum(sum(e.data["dropped"].values()) for e in events) == 41
 
 
 async def test_open_trust_registers_unsigned_and_says_so(

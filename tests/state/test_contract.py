@@ -257,12 +257,12 @@ async def test_an_exclusive_change_checks_uniqueness_in_the_same_transaction(
     store: StateStore,
 ) -> None:
     await put(store, "walrus01", S.REGISTERING, role="walrus", cluster=None)
-    await put(store, "walrus02", S.SEEN, role="walrus", cluster=None)
+    await put(store, "walrus02", S.QUEUED, role="walrus", cluster=None)
     with pytest.raises(LostRace, match="walrus01"):
         await store.change(
             "walrus02",
             Change(
-                expect=S.SEEN,
+                expect=S.QUEUED,
                 to=S.REGISTERING,
                 reason="r",
                 kind="k",
@@ -272,11 +272,11 @@ async def test_an_exclusive_change_checks_uniqueness_in_the_same_transaction(
         )
     # another cluster's slot is another slot
     await put(store, "cc-foo-1", S.REGISTERED, role="cc", cluster="foo")
-    await put(store, "cc-bar-1", S.SEEN, role="cc", cluster="bar")
+    await put(store, "cc-bar-1", S.QUEUED, role="cc", cluster="bar")
     fresh = await store.change(
         "cc-bar-1",
         Change(
-            expect=S.SEEN,
+            expect=S.QUEUED,
             to=S.REGISTERING,
             reason="r",
             kind="k",

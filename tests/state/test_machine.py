@@ -119,8 +119,8 @@ def test_apply_change_refuses_what_the_table_does_not_allow() -> None:
 
 def test_claims_follow_the_state() -> None:
     taken = apply_change(
-        rec(S.SEEN),
-        Change(expect=S.SEEN, to=S.REGISTERING, reason="r", kind="k", owner="a"),
+        rec(S.QUEUED),
+        Change(expect=S.QUEUED, to=S.REGISTERING, reason="r", kind="k", owner="a"),
         now=10.0,
         lease=30,
     )

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from registration.controller._dial import Dialed
 from registration.protocol import Announcement, encode_node, instance_name
 from registration.state import Change, NodeRecord, NodeState
 from registration.transport import BrowseListener, Published, ResolvedService
@@ -187,6 +188,8 @@ class ScriptedRegistrations:
         self.retry_delay = 5.0
         self.move_verdicts: list[bool | None] = []  # verify_move answers, in order
         self.moves_checked: list[tuple[str, tuple[str, int, str | None] | None]] = []
+        self.dials: list[str] = []
+        self.silent_delay = 0.0  # seconds a silent node's dial takes (the clock's)
 
     def bind(self, change: Callable[[NodeRecord, Change], Any], owner: str, clock: Any) -> None:
         self.change, self.owner, self.clock = change, owner, clock
@@ -206,7 +209,25 @@ class ScriptedRegistrations:
             ),
         )
 
-    async def register(self, rec: NodeRecord) -> NodeRecord | None:
+    async def dial(self, rec: NodeRecord, *, address: tuple[str, int] | None = None) -> Dialed:
+        """Outcome ``silent``: the node's address does not answer (after ``silent_delay``
+        seconds of the clock); anything else answers at once."""
+        outcomes = self.script.get(rec.node_id) or []
+        if outcomes and outcomes[0] == "silent":
+            if len(outcomes) > 1:
+                outcomes.pop(0)
+            self.dials.append(rec.node_id)
+            if self.silent_delay:
+                done = asyncio.get_running_loop().create_future()
+                self.clock.call_later(
+                    self.silent_delay, lambda: done.done() or done.set_result(None)
+                )
+                await done
+            return Dialed(error="direct: no answer (scripted)", reachable=False)
+        self.dials.append(rec.node_id)
+        return Dialed()
+
+    async def register(self, rec: NodeRecord, dialed: Dialed | None = None) -> NodeRecord | None:
         self.calls.append(rec.node_id)
         outcomes = self.script.get(rec.node_id) or ["registered"]
         outcome = outcomes.pop(0) if len(outcomes) > 1 else outcomes[0]
@@ -247,11 +268,11 @@ class ScriptedRegistrations:
         self.results.append(result)
         return result  # type: ignore[no-any-return]
 
-    async def redeliver_receipt(self, rec: NodeRecord) -> str | None:
+    async def redeliver_receipt(self, rec: NodeRecord, dialed: Dialed | None = None) -> str | None:
         self.receipts.append(rec.node_id)
         return None
 
-    async def verify_move(self, rec: NodeRecord) -> bool | None:
+    async def verify_move(self, rec: NodeRecord, dialed: Dialed | None = None) -> bool | None:
         self.moves_checked.append((rec.node_id, rec.moved))
         return self.move_verdicts.pop(0) if self.move_verdicts else True
 
