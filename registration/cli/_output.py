@@ -135,6 +135,9 @@ def format_event(event: Event, *, node: bool = False) -> str:
             ref = escape_controls(event.node_id)
             output = f"; {printed} line(s) of output: `autoreg show {ref}`"
         line += f" [hook: {escape_controls(status)}{output}]"
+    if event.repeats > 1:
+        since = f" since {_ts(event.first_ts)}" if event.first_ts is not None else ""
+        line += f" ({event.repeats} times{since})"
     return line
 
 

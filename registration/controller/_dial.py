@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import ipaddress
+import os
 import resource
 import socket
 import time
@@ -83,7 +84,8 @@ async def dial(host: str, port: int, *, timeout: float) -> socket.socket:
         ) from exc
     except OSError as exc:
         sock.close()
-        why = exc.strerror.lower() if exc.strerror else str(exc)
+        # asyncio's strerror is "Connect call failed (addr)": name the errno instead
+        why = os.strerror(exc.errno).lower() if exc.errno else str(exc) or type(exc).__name__
         raise NodeUnreachable(why, host=host, port=port) from exc
     except BaseException:
         sock.close()

@@ -14,9 +14,12 @@ goes through two stages:
 
 Order, in both stages (lowest first): fresh registrations; registrations
 retried for nodes that answered before; receipts and move checks; retries of
-nodes that never answered, the more failed attempts the later.  Within a tier,
-first come first served.  One job per node at a time: submitting a node that is
-already queued or working does nothing.
+nodes that never answered, the more failed attempts the later.  Slots go first
+come first served within a tier.  Dials alternate between the oldest and the
+newest job of the tier: the oldest so that every job gets its turn, the newest
+so that a node booting during a flood of announcements that never answer is
+dialled at once, not after the whole flood timed out.  One job per node at a
+time: submitting a node that is already queued or working does nothing.
 
 Cancellation: :meth:`SSHPool.cancel` drops a queued job (its socket is closed);
 a job already working runs to its end.  :meth:`SSHPool.drain` stops dialling,
@@ -27,6 +30,7 @@ the rest, retrieving every task's outcome (no "exception was never retrieved").
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import enum
@@ -98,7 +102,12 @@ class SSHPool:
         self._work_fn = work
         self._silent_fn = silent
         self._jobs: dict[str, Job] = {}
-        self._to_dial: list[tuple[tuple[int, int, int], Job]] = []
+        # Waiting to be dialled: per tier, in order of submission (SILENT: by attempts).
+        self._to_dial: dict[Tier, collections.deque[Job]] = {
+            t: collections.deque() for t in Tier if t is not Tier.SILENT
+        }
+        self._silent: list[tuple[tuple[int, int, int], Job]] = []
+        self._newest_next = False
         self._ready: list[tuple[tuple[int, int, int], Job]] = []
         self._dialing: dict[str, asyncio.Task[None]] = {}
         self._working: dict[str, asyncio.Task[None]] = {}
@@ -120,7 +129,10 @@ class SSHPool:
             tier = Tier.SILENT
         job = Job(node_id, kind, tier, attempts, next(self._seq))
         self._jobs[node_id] = job
-        heapq.heappush(self._to_dial, (job.key, job))
+        if tier is Tier.SILENT:
+            heapq.heappush(self._silent, (job.key, job))
+        else:
+            self._to_dial[tier].append(job)
         self._wake.set()
         return True
 
@@ -133,9 +145,11 @@ class SSHPool:
         del self._jobs[node_id]
         self._stale += 1
         if self._stale > 64 and self._stale > len(self._jobs):
-            self._to_dial = [e for e in self._to_dial if not e[1].cancelled]
+            for tier, queue in self._to_dial.items():
+                self._to_dial[tier] = collections.deque(j for j in queue if not j.cancelled)
+            self._silent = [e for e in self._silent if not e[1].cancelled]
             self._ready = [e for e in self._ready if not e[1].cancelled]
-            heapq.heapify(self._to_dial)
+            heapq.heapify(self._silent)
             heapq.heapify(self._ready)
             self._stale = 0
         task = self._dialing.pop(node_id, None)
@@ -177,8 +191,10 @@ class SSHPool:
             self._dispatch()
 
     def _dispatch(self) -> None:
-        while self._to_dial and len(self._dialing) < self.probes:
-            _, job = heapq.heappop(self._to_dial)
+        while len(self._dialing) < self.probes:
+            job = self._next_to_dial()
+            if job is None:
+                break
             if not job.cancelled:
                 self._dialing[job.node_id] = asyncio.ensure_future(self._dial(job))
         while self._ready and len(self._working) < self.slots:
@@ -187,6 +203,15 @@ class SSHPool:
                 continue
             self._release(job, keep=True)
             self._working[job.node_id] = asyncio.ensure_future(self._work(job))
+
+    def _next_to_dial(self) -> Job | None:
+        for queue in self._to_dial.values():  # tiers in order
+            if queue:
+                self._newest_next = not self._newest_next
+                return queue.pop() if self._newest_next else queue.popleft()
+        if self._silent:
+            return heapq.heappop(self._silent)[1]
+        return None
 
     async def _dial(self, job: Job) -> None:
         try:
@@ -256,7 +281,10 @@ class SSHPool:
             job.cancelled = True
             self._release(job)
         self._ready.clear()
-        self._to_dial.clear()
+        for queue in self._to_dial.values():
+            queue.clear()
+        self._silent.clear()
+        self._jobs = {k: j for k, j in self._jobs.items() if k in self._working}
         working = list(self._working.values())
         if interrupt is not None:
             interrupt()

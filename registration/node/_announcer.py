@@ -4,6 +4,17 @@ It publishes ``_autoreg._tcp`` with the node's role, cluster, preferred
 address and sshd host-key fingerprint, re-announces when any of those or its
 registration standing changes, and sends goodbye packets when it stops.
 
+Until it holds its receipt it also announces again, unchanged: after
+REANNOUNCE_INITIAL seconds, then at doubling intervals up to REANNOUNCE_MAX,
+each jittered by ±REANNOUNCE_JITTER (RFC 6762 §8.3 asks for intervals that at
+least double, §6.2 for at most one multicast of a record per second; §8.3's
+"up to eight" is exceeded on purpose, at one packet a minute, because a node
+nobody registered must not fall silent: the seed spec's registration job keeps
+going "until it has successfully registered").  A registrar that lost the
+first burst (its receive buffer overflowed when a rack booted) so hears the
+node again within a minute, whatever the browser's own query schedule.  Once
+registered, the node answers queries only.
+
 With a join token (``[node] token``, ``token_file`` or ``AUTOREG_TOKEN``) every
 announcement is signed, and signed again before its timestamp ages out of the
 registrar's window.  Once the node holds its receipt, a ``token_file`` is
@@ -15,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from typing import Final
 
@@ -37,6 +49,12 @@ log = logging.getLogger(__name__)
 
 #: Re-sign when the signature is this old: well inside the registrar's window.
 RESIGN_AFTER: Final = SIGNATURE_WINDOW / 2
+#: Seconds before the first unchanged re-announcement (the responder's own initial
+#: announcements, RFC 6762 §8.3, come before), the cap of the doubling interval, and
+#: the jitter (a fraction either way) that keeps a rack from announcing in step.
+REANNOUNCE_INITIAL: Final = 2.0
+REANNOUNCE_MAX: Final = 60.0
+REANNOUNCE_JITTER: Final = 0.2
 
 
 def load_token(config: Config) -> JoinToken | None:
@@ -76,6 +94,8 @@ class Announcer:
         self._stopping = asyncio.Event()
         self._token: JoinToken | None = None
         self._signed_at = 0.0
+        self._changed = asyncio.Event()  # a new announcement went out: back off anew
+        self.reannounced = 0
 
     def stop(self) -> None:
         self._stopping.set()
@@ -115,6 +135,7 @@ class Announcer:
             node_id=ann.node_id,
             probe=self.config.node.probe,
         )
+        keeper = asyncio.ensure_future(self._announce_until_registered())
         try:
             await self._publish(ann)
             while not self._stopping.is_set():
@@ -131,10 +152,37 @@ class Announcer:
                 except AutoregError as exc:  # e.g. interface lost its address: keep going
                     log.warning("cannot refresh the announcement: %s", exc)
         finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
             if await self._publication.withdraw():
                 log.info("withdrew %s (goodbye sent)", self._publication.name)
             if self._owns_transport:
                 await self._transport.close()
+
+    async def _announce_until_registered(self) -> None:
+        """Announce again, unchanged, with backoff, while the node has no receipt."""
+        delay = REANNOUNCE_INITIAL
+        while True:
+            jittered = delay * (1 + random.uniform(-REANNOUNCE_JITTER, REANNOUNCE_JITTER))  # noqa: S311
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), jittered)
+            if self._changed.is_set():  # the announcement changed: that was an announcement
+                self._changed.clear()
+                delay = REANNOUNCE_INITIAL
+                continue
+            current = self._current
+            if current is None or current.state != "ready" or self._publication is None:
+                delay = REANNOUNCE_INITIAL
+                continue
+            try:
+                if await self._publication.reannounce():
+                    self.reannounced += 1
+                    log.debug("announced %s again (no receipt yet); next in about %.0fs",
+                              self._publication.name, min(REANNOUNCE_MAX, delay * 2))  # fmt: skip
+            except AutoregError as exc:
+                log.warning("cannot announce again: %s", exc)
+            delay = min(REANNOUNCE_MAX, delay * 2)
 
     async def _publish(self, ann: Announcement) -> None:
         assert self._publication is not None
@@ -148,7 +196,10 @@ class Announcer:
         first = await self._publication.set(ip=ann.ip, port=ann.port, txt=txt)
         self._signed_at = now if signing is not None else 0.0
         verb = "announced" if first else "re-announced"
+        if ann.state != "ready" and self.reannounced:
+            verb += f" (after {self.reannounced} unchanged re-announcement(s))"
         self._current = ann
+        self._changed.set()
         where = f" of cluster {ann.cluster}" if ann.cluster else ""
         log.info(
             "%s %s%s id=%s at %s:%d fp=%s state=%s%s (%.0f ms)",

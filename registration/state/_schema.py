@@ -157,6 +157,13 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     INSERT INTO settings (key, value) SELECT 'trust_default',
         CASE WHEN EXISTS (SELECT 1 FROM events WHERE kind != 'schema') THEN 'open' ELSE 'token' END;
     """,
+    # 6: a bounded event log.  The same event again and again (a node that keeps
+    #    failing the same way, a flood of one rejected name) is one row that counts;
+    #    old events are pruned by count and age ([controller] events_keep/_max_age).
+    """
+    ALTER TABLE events ADD COLUMN repeats INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE events ADD COLUMN first_ts REAL
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -267,6 +267,12 @@ class AvahiTransport:
         assert isinstance(published, AvahiPublished)
         await self._dbus.run(self._free, published)
 
+    async def reannounce(self, published: Published) -> bool:
+        """avahi-daemon announces a record only when it changes (avahi-core's
+        ``avahi_server_add`` with AVAHI_PUBLISH_UPDATE re-announces when the record
+        differs): nodes on avahi are found again by the registrar's queries."""
+        return False
+
     async def maintain(self, published: Published) -> bool:
         """Re-publish when avahi-daemon lost the group (restart, reset, failure, collision)."""
         assert isinstance(published, AvahiPublished)

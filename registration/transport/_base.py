@@ -66,6 +66,11 @@ class Transport(Protocol):
 
     async def withdraw(self, published: Published) -> None: ...
 
+    async def reannounce(self, published: Published) -> bool:
+        """Announce the publication once more, unchanged (RFC 6762 §8.3 unsolicited
+        responses); False when this transport cannot (the node relies on queries)."""
+        ...
+
     async def maintain(self, published: Published) -> bool:
         """Repair the publication if the responder lost it; True when it re-published."""
         ...

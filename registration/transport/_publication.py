@@ -63,6 +63,13 @@ class Publication:
         )
         return False
 
+    async def reannounce(self) -> bool:
+        """Announce once more, unchanged; False when not published or not possible."""
+        async with self._lock:
+            if self._published is None:
+                return False
+            return await self._transport.reannounce(self._published)
+
     async def maintain(self) -> bool:
         """Let the transport repair a publication its responder lost (e.g. it restarted)."""
         async with self._lock:

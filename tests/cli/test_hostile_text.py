@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from registration._text import escape_controls
 from registration.cli._output import (
+    _ts,
     emit_json,
     format_event,
     format_node_detail,
@@ -319,3 +320,12 @@ def test_error_messages_are_escaped(tmp_path: Path) -> None:
     assert "autoreg: error: " in result.stderr
     assert "conf\\x1b[2J\\u202e" in result.stderr
     assert not raw_controls(result.stderr, allowed="\n")
+
+
+def test_a_repeated_event_says_how_often_and_since_when() -> None:
+    event = Event(seq=9, ts=2_000_000_100.0, node_id="nc000001", kind="receipt", state=None,
+                  message="receipt not delivered: timed out", data={}, repeats=4,
+                  first_ts=2_000_000_000.0)  # fmt: skip
+    line = format_event(event)
+    assert line.endswith(f"(4 times since {_ts(2_000_000_000.0)})")
+    assert "times" not in format_event(dataclasses.replace(event, repeats=1, first_ts=None))

@@ -2,14 +2,13 @@
 
 Whatever implements ``StateStore`` must pass this file unchanged: ingestion and
 presence, compare-and-set state changes and claims, lockdown, events and the
-change feed, tunnels.  The ``store`` fixture is parametrised over the backends.
+change feed, tunnels.  The ``store`` and ``backend`` fixtures (``conftest.py``)
+are parametrised over the backends; ``test_contract_batches.py`` is the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,37 +21,13 @@ from registration.state import (
     LostRace,
     NodeState,
     Source,
-    SqliteStore,
     StateStore,
 )
 from support.records import OWNER, ann, put
+from support.stores import Backend
 
 S = NodeState
 OTHER_FP = "SHA256:" + "B" * 43
-
-
-class Backend:
-    """Opens stores of one backend on one shared state (a directory, a cluster…)."""
-
-    name = "sqlite"
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.db = tmp_path / "state" / "autoreg.db"
-
-    async def open(self, *, origin: str = "test", readonly: bool = False) -> StateStore:
-        return await SqliteStore.open(self.db, origin=origin, readonly=readonly)
-
-
-@pytest.fixture(params=["sqlite"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    yield Backend(tmp_path)
-
-
-@pytest.fixture
-def store(backend: Backend) -> Iterator[StateStore]:
-    opened = asyncio.run(backend.open())
-    yield opened
-    asyncio.run(opened.close())
 
 
 # -- ingestion and presence ----------

@@ -116,6 +116,7 @@ class MemoryTransport:
         self.fail_start = fail_start
         self.started = False
         self.closed = False
+        self.reannounced = 0
 
     async def start(self) -> None:
         if self.fail_start is not None:
@@ -155,6 +156,12 @@ class MemoryTransport:
         assert isinstance(published, _MemoryPublished)
         self.network.published.pop(published.name, None)
         self.network.goodbye(published.name, published.service_type)
+
+    async def reannounce(self, published: Published) -> bool:
+        assert isinstance(published, _MemoryPublished)
+        self.reannounced += 1
+        self.network.deliver(published)
+        return True
 
     async def maintain(self, published: Published) -> bool:
         return False
