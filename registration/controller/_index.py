@@ -6,8 +6,9 @@ every record the daemon writes or the store's change feed reports. It answers th
 rules' questions (``StateView``) without a store round trip, and
 :meth:`NodeIndex.put` says which nodes a change can affect, so a reconcile pass
 re-decides those and no others: the node itself; the nodes of its role when a
-registration slot was taken or freed; the nodes of the roles that require its role
-when its registration came or went; the nodes that share its host key when its hold
+registration slot was taken or freed and the role is unique (in its cluster, or
+everywhere); the nodes of the roles that require its role (in its cluster, where
+both have one) when its registration came or went; the nodes that share its host key when its hold
 on the key changed; every node of a role whose lockdown switch flipped. ``decide()``
 is a pure function of this state, so deciding only the affected nodes ends in the
 same states as deciding all of them (``tests/controller/test_index.py`` checks that
@@ -33,7 +34,12 @@ class NodeIndex:
         self._profile = profile
         self._nodes: dict[str, NodeRecord] = {}
         self._by_role: dict[str, set[str]] = defaultdict(set)
+        self._by_scope: dict[tuple[str, str | None], set[str]] = defaultdict(set)
         self._by_key: dict[str, set[str]] = defaultdict(set)
+        # per role: the nodes that hold a slot, and those registered (few per role for
+        # the unique roles the rules ask about)
+        self._holders: dict[str, set[str]] = defaultdict(set)
+        self._registered: dict[str, set[str]] = defaultdict(set)
         self._counts: Counter[NodeState] = Counter()
         self._lockdown: dict[str, bool] = {}
         self._tokens: dict[str, Token] = {}
@@ -73,12 +79,20 @@ class NodeIndex:
 
     def _link(self, rec: NodeRecord) -> None:
         self._by_role[rec.role].add(rec.node_id)
+        self._by_scope[(rec.role, rec.cluster)].add(rec.node_id)
         self._by_key[rec.fingerprint].add(rec.node_id)
+        if rec.state.holds_slot:
+            self._holders[rec.role].add(rec.node_id)
+        if rec.state is NodeState.REGISTERED:
+            self._registered[rec.role].add(rec.node_id)
         self._counts[rec.state] += 1
 
     def _unlink(self, rec: NodeRecord) -> None:
         self._by_role[rec.role].discard(rec.node_id)
+        self._by_scope[(rec.role, rec.cluster)].discard(rec.node_id)
         self._by_key[rec.fingerprint].discard(rec.node_id)
+        self._holders[rec.role].discard(rec.node_id)
+        self._registered[rec.role].discard(rec.node_id)
         self._counts[rec.state] -= 1
 
     def remove(self, node_id: str) -> set[str]:
@@ -91,7 +105,10 @@ class NodeIndex:
     def replace_all(self, records: Iterable[NodeRecord]) -> set[str]:
         self._nodes.clear()
         self._by_role.clear()
+        self._by_scope.clear()
         self._by_key.clear()
+        self._holders.clear()
+        self._registered.clear()
         self._counts.clear()
         for rec in records:
             self._nodes[rec.node_id] = rec
@@ -103,14 +120,35 @@ class NodeIndex:
         both = [r for r in (old, new) if r is not None]
         if _slot(old) != _slot(new):  # a slot was taken or freed: uniqueness may flip
             for rec in both:
-                out |= self._by_role.get(rec.role, set())
+                out |= self._unique_scope(rec)
         if _registered(old) != _registered(new):  # requirements may be met, or not any more
             for rec in both:
-                for dependent in self._dependents.get(rec.role, ()):
-                    out |= self._by_role.get(dependent, set())
+                out |= self._waiting_for(rec)
         if _key_claim(old) != _key_claim(new):  # who holds a host key may change
             for rec in both:
                 out |= self._by_key.get(rec.fingerprint, set())
+        return out
+
+    def _unique_scope(self, rec: NodeRecord) -> set[str]:
+        """The nodes whose uniqueness check counts ``rec``'s slot (none: not unique)."""
+        spec = self._profile.role(rec.role)
+        if spec is None or spec.unique == "none":
+            return set()
+        if spec.unique == "cluster":
+            return self._by_scope.get((rec.role, rec.cluster), set())
+        return self._by_role.get(rec.role, set())
+
+    def _waiting_for(self, rec: NodeRecord) -> set[str]:
+        """The nodes whose requirements ``rec``'s registration may meet (as ``decide``
+        asks: the same cluster when both roles have clusters, else any)."""
+        spec = self._profile.role(rec.role)
+        out: set[str] = set()
+        for dependent in self._dependents.get(rec.role, ()):
+            dep = self._profile.role(dependent)
+            if spec is not None and spec.has_cluster and dep is not None and dep.has_cluster:
+                out |= self._by_scope.get((dependent, rec.cluster), set())
+            else:
+                out |= self._by_role.get(dependent, set())
         return out
 
     # -- lockdown --------------------------------------------------------------------------
@@ -187,7 +225,7 @@ class NodeIndex:
     # -- StateView ----------------------------------------------------------------------
 
     def slot_holder(self, role: str, cluster: str | None, *, exclude: str) -> NodeRecord | None:
-        for node_id in self._by_role.get(role, ()):
+        for node_id in self._holders.get(role, ()):
             rec = self._nodes[node_id]
             if (
                 node_id != exclude
@@ -217,9 +255,8 @@ class NodeIndex:
 
     def has_registered(self, role: str, cluster: str | None) -> bool:
         return any(
-            self._nodes[i].state is NodeState.REGISTERED
-            and (cluster is None or self._nodes[i].cluster == cluster)
-            for i in self._by_role.get(role, ())
+            cluster is None or self._nodes[i].cluster == cluster
+            for i in self._registered.get(role, ())
         )
 
     def is_locked(self, role: str) -> bool:

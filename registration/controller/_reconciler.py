@@ -91,6 +91,7 @@ class Reconciler:
         self._move_checks: dict[str, tuple[int, float]] = {}  # checks so far, next due
         self._failures = 0
         self._trust_spent = False  # a registration spent a token's or a window's use
+        self._no_answer: dict[str, str] = {}  # queued nodes whose dial failed, and why
 
     # -- inputs ------------------------------------------------------------------------
 
@@ -102,6 +103,7 @@ class Reconciler:
         self._mark(self.index.remove(node_id))
         self._cancel_timer(node_id)
         self.pool.cancel(node_id)
+        self._no_answer.pop(node_id, None)
         self._receipts.pop(node_id, None)
         self._move_checks.pop(node_id, None)
 
@@ -233,6 +235,10 @@ class Reconciler:
             if rec.state is NodeState.REGISTERED:
                 self._upkeep(rec, now)
                 continue
+            error = self._no_answer.pop(node_id, None)
+            if error is not None and rec.state is NodeState.QUEUED:
+                changes.append((rec, self._unreachable(rec, error, now)))
+                continue
             if rec.state is NodeState.QUEUED and not rec.present:
                 self.pool.cancel(node_id)
                 changes.append((rec, self._step(rec, NodeState.SEEN, "withdrew before its turn")))
@@ -267,6 +273,18 @@ class Reconciler:
             await self.load_trust()  # uses spent, windows sealed: decide on what is left
         if self._after_pass is not None:
             await self._after_pass()
+
+    def _unreachable(self, rec: NodeRecord, error: str, now: float) -> Change:
+        return retry_change(
+            self._ctl,
+            rec,
+            expect=NodeState.QUEUED,
+            to=NodeState.UNREACHABLE,
+            error=error,
+            attempt=rec.attempts + 1,
+            kind="ssh",
+            now=now,
+        )
 
     @staticmethod
     def _step(rec: NodeRecord, to: NodeState, reason: str) -> Change:
@@ -304,25 +322,14 @@ class Reconciler:
             self._mark({job.node_id})
 
     async def _silent(self, job: Job, error: str) -> None:
-        """Dialling found no path to the node: nothing took an SSH slot."""
+        """Dialling found no path to the node: nothing took an SSH slot.  A queued node's
+        failed attempt is recorded by the next pass, with the pass's other changes."""
         try:
             rec = self.index.get(job.node_id)
             if rec is None:
                 return
             if job.kind == "register" and rec.state is NodeState.QUEUED:
-                await self.change(
-                    rec,
-                    retry_change(
-                        self._ctl,
-                        rec,
-                        expect=NodeState.QUEUED,
-                        to=NodeState.UNREACHABLE,
-                        error=error,
-                        attempt=rec.attempts + 1,
-                        kind="ssh",
-                        now=self._clock.time(),
-                    ),
-                )
+                self._no_answer[job.node_id] = error
             elif job.kind == "receipt":
                 log.info("%s: registered but announces ready: receipt not delivered (%s)",
                          rec.node_id, error)  # fmt: skip

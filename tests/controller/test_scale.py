@@ -3,9 +3,11 @@ bench/swarm.py do the same on real sockets, sshd and python-zeroconf)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
+from registration.state import NodeRecord
 from registration.state import NodeState as S
 from support.harness import Harness, announcement, until
 
@@ -28,10 +30,17 @@ async def test_a_node_that_answers_is_registered_during_a_flood_of_silent_ones(
         queued = [r for r in h.daemon.reconciler.index if r.state is S.QUEUED]
         assert len(queued) == 300  # visibly waiting, none "registering"
         # their dials time out, 64 at a time (max_probes): unreachable, with backoff
-        for _ in range(6):
+        def bogus() -> list[NodeRecord]:
+            return [r for r in h.daemon.reconciler.index if r.node_id.startswith("bogus")]
+
+        for _ in range(30):  # rounds of connect_timeout, until each was tried once
+            if all(r.attempts >= 1 for r in bogus()):
+                break
             h.clock.advance(10)
+            await until(lambda: h.daemon.reconciler.pool.stats()["dialing"] > 0
+                        or all(r.attempts >= 1 for r in bogus()), "the next round")  # fmt: skip
             await h.settle()
-        tried = [r for r in h.daemon.reconciler.index if r.node_id.startswith("bogus")]
+        tried = bogus()
         assert all(r.attempts >= 1 for r in tried), [r for r in tried if not r.attempts][:3]
         assert h.script.calls == ["walrus01"]  # and still, not one took an SSH slot
 
@@ -66,3 +75,28 @@ async def test_a_burst_is_stored_in_few_transactions(tmp_path: Path) -> None:
         await until(lambda: len(h.daemon.reconciler.index) == 600, "600 nodes stored")
         assert sum(batches) == 600
         assert len(batches) <= 3  # BATCH_MAX = 500: two, or three when a batch was small
+
+
+async def test_stopping_mid_burst_leaves_no_task_behind(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    unretrieved: list[object] = []
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+    try:
+        h = Harness(tmp_path, extra="max_parallel = 2\n")
+        async with h:
+            h.script.silent_delay = 30.0
+            for i in range(200):
+                node_id = f"cc{i:06d}"
+                if i % 2:
+                    h.script.script[node_id] = ["silent"]
+                ip = f"198.18.{i // 200 + 1}.{i % 200 + 2}"
+                h.network.announce(announcement(node_id, "cc", f"c{i:04d}", ip=ip))
+            await until(lambda: h.daemon.reconciler.pool.stats()["dialing"] > 0, "dials under way")
+        assert h.task is not None and h.task.result() == 0
+        before = set(asyncio.all_tasks())
+        await asyncio.sleep(0.05)
+        left = [t for t in asyncio.all_tasks() - before if not t.done()]
+        assert left == []
+    finally:
+        loop.set_exception_handler(None)
+    assert unretrieved == []
