@@ -174,8 +174,8 @@ class Reconciler:
     def _applied(self, rec: NodeRecord, change: Change, fresh: NodeRecord) -> None:
         level = logging.WARNING if change.to in _WARN_STATES else logging.INFO
         log.log(level, "%s", change.event_message(rec))
-        if change.grant is not None:
-            self._trust_spent = True
+        if change.grant is not None and change.grant.startswith(("token:", "window:")):
+            self._trust_spent = True  # a use spent: the index's copy is stale
         self.apply(fresh)
 
     async def _lost(self, rec: NodeRecord, change: Change, exc: LostRace) -> None:
