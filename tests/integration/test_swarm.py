@@ -106,7 +106,7 @@ def test_a_genuine_node_behind_a_flood_of_bogus_ones(swarm: SwarmLab, mode: str)
         until=lambda rows: node_id in rows and rows[node_id].state == "registered",
     )
     row = wait.rows.get(node_id)
-    bogus_states = Counter(r.state for b, r in wait.rows.items() if b in set(bogus))
+    bogus_states = Counter(wait.rows[b].state for b in bogus if b in wait.rows)
     assert row is not None and row.state == "registered", (
         f"the genuine node is {row.state if row else 'not in the store'} "
         f"{FLOOD_BOUND_S:g} s after it announced behind {len(ingested.seen(bogus))} bogus "
