@@ -144,8 +144,12 @@ class Browser(RecordUpdateListener):
         for update in records:
             record = update.new
             key = record.key
-            if not key.endswith(self._suffix) or record.ttl == 0:
-                continue  # another service, or a goodbye (the PTR's says it, below)
+            if not key.endswith(self._suffix) or record.ttl == 0 or record.is_expired(now):
+                # Another service; a goodbye (the PTR's says it, below); or python-zeroconf
+                # reporting a cached record that expired, such as the previous TXT it
+                # flushed (RFC 6762 §10.2: cache-flush records live on for one second)
+                # -- old news, which must not overwrite what arrived since.
+                continue
             if isinstance(record, DNSService):
                 self._instance(key).port = record.port
             elif isinstance(record, DNSText):
