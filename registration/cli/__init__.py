@@ -461,9 +461,14 @@ def status(obj: _Ctx, as_json: bool) -> None:
                 f"daemon: running (pid {daemon_['pid']}), registrar {daemon_['role']}"
                 f"{where}, {daemon_['registrar_state']}, transport "
                 f"{daemon_['transport']}"
+                + (f", HTTPS endpoint {daemon_['api']}" if daemon_.get("api") else "")
             )
         else:
             click.echo("daemon: not running")
+        node = report.get("node")
+        if node:
+            running = "running" if node["running"] else "not running"
+            click.echo(f"node: {escape_controls(str(node.get('line')))} (announcer {running})")
         click.echo(f"state: {report['state_dir']} (schema {report.get('schema_version', '?')})")
         if "state_error" in report:
             click.echo(f"  {report['state_error']}")
