@@ -221,3 +221,18 @@ async def test_no_registrar_answering_is_said_in_words(tmp_path: Path) -> None:
     async with RegistrarClient("https://127.0.0.1:1", identity.fingerprint) as client:
         with pytest.raises(RegistrarError, match=r"no registrar answering at https://127.0.0.1:1"):
             await client.describe()
+
+
+async def test_a_registered_node_that_still_posts_ready_gets_its_receipt_again(
+    tmp_path: Path,
+) -> None:
+    async with endpoint(tmp_path) as ep, ep.client() as client:
+        token = await ep.token(roles=["walrus"])
+        ann = announcement("walrus01", "walrus")
+        await client.announce(signed(ann, token), ann.port)
+        await ep.h.state("walrus01", S.REGISTERED)
+        ep.h.clock.advance(10)
+        await client.announce(signed(ann, token), ann.port)  # the receipt never arrived
+        await ep.h.settle()
+        ep.h.clock.advance(25)
+        await until(lambda: ep.h.script.receipts == ["walrus01"], "the receipt sent again")
