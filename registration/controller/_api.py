@@ -74,6 +74,21 @@ BUSY_RETRY: Final = 30
 _VERSIONED: Final = re.compile(r"/v[0-9]+(/|$)")
 
 
+class _Quiet(logging.Filter):
+    """aiohttp's own log of requests it could not parse (every malformed request from
+    the network, with a traceback in 3.8): one debug line each, never an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        log.debug("HTTPS endpoint: %s", str(error or record.getMessage())[:200])
+        return False
+
+
+#: The logger aiohttp's protocol handler gets (hostile input must not flood the log).
+_HTTP_LOG: Final = logging.getLogger(__name__ + ".http")
+_HTTP_LOG.addFilter(_Quiet())
+
+
 class Refusal(Exception):
     """A request refused: the HTTP status, the API's error code, a message for people."""
 
@@ -150,6 +165,7 @@ class ApiServer:
         runner = self._runner = web.AppRunner(
             app,
             access_log=None,
+            logger=_HTTP_LOG,
             keepalive_timeout=5.0,
             max_line_size=4096,
             max_field_size=4096,
@@ -223,7 +239,8 @@ class ApiServer:
                 refusal = Refusal(500, "internal", "the registrar failed; see its log")
             if refusal is not None:
                 response = refusal.response()
-                self._refused(refusal.code, source)
+                if refusal.code != "unknown-node":  # a node asking before it is stored
+                    self._refused(refusal.code, source)
             self.metrics.requests[(_endpoint(request), response.status)] += 1
             return response
 

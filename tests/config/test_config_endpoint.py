@@ -22,7 +22,8 @@ def test_the_endpoint_is_off_unless_listen_is_set(tmp_path: Path) -> None:
     config = load(tmp_path, "[controller]\nrole = clc\n")
     assert config.controller.listen is None
     assert config.controller.listen_rate == 10.0
-    config = load(tmp_path, "[controller]\nrole = clc\nlisten = 198.18.0.1:8443\nlisten_rate = 50\n")
+    text = "[controller]\nrole = clc\nlisten = 198.18.0.1:8443\nlisten_rate = 50\n"
+    config = load(tmp_path, text)
     assert (config.controller.listen, config.controller.listen_rate) == (("198.18.0.1", 8443), 50)
 
 
