@@ -28,6 +28,7 @@ from ._files import write_atomic
 
 __all__ = [
     "API_CERT",
+    "API_HOST_ALIAS",
     "API_KEY",
     "ApiIdentity",
     "api_identity",
@@ -39,6 +40,9 @@ __all__ = [
 
 API_KEY: Final = "api.key"
 API_CERT: Final = "api.crt"
+#: The certificate's one name: tools that verify names (curl, Prometheus) trust api.crt
+#: as its own CA and connect to this name at the registrar's address.
+API_HOST_ALIAS: Final = "autoreg-registrar"
 #: The certificate is pinned, never checked against a clock-bound chain: valid long.
 VALIDITY_DAYS: Final = 20 * 366
 
@@ -126,6 +130,9 @@ def api_identity_init(keys_dir: Path) -> tuple[ApiIdentity, bool]:
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=VALIDITY_DAYS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(API_HOST_ALIAS)]), critical=False
+        )
         .sign(key, hashes.SHA256())
     )
     key_pem = key.private_bytes(

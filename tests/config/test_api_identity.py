@@ -85,3 +85,29 @@ def test_pins_are_sha256_fingerprints() -> None:
     for bad in ("sha256:abc", "SHA256:" + "A" * 42, "MD5:aa:bb"):
         with pytest.raises(ValueError, match="SHA256:"):
             parse_pin(bad)
+
+
+def test_tools_that_check_names_can_trust_the_certificate_under_its_alias(
+    tmp_path: Path,
+) -> None:
+    """curl --cacert api.crt --connect-to autoreg-registrar:… (docs/admin.md)."""
+    import asyncio
+
+    made, _ = api_identity_init(tmp_path)
+
+    async def handshake() -> str:
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0,
+                                            ssl=server_context(made))  # fmt: skip
+        port = server.sockets[0].getsockname()[1]
+        client = ssl.create_default_context(cafile=str(made.cert_path))
+        try:
+            _, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=client, server_hostname="autoreg-registrar"
+            )
+            peer = writer.get_extra_info("peercert")
+            writer.close()
+            return str(peer["subjectAltName"])
+        finally:
+            server.close()
+
+    assert "autoreg-registrar" in asyncio.run(handshake())
