@@ -40,17 +40,22 @@ MAX_ANSWER: Final = 256 * 1024
 class RegistrarClient:
     """``async with RegistrarClient(url, pin) as client``: requests to one registrar."""
 
-    def __init__(self, url: str, fingerprint: str, *, timeout: float = REQUEST_TIMEOUT) -> None:
+    def __init__(
+        self, url: str, fingerprint: str, *, timeout: float = REQUEST_TIMEOUT, connections: int = 4
+    ) -> None:
         self.url = url.rstrip("/")
         self.fingerprint = fingerprint
         self._digest = fingerprint_digest(fingerprint)
         self._timeout = timeout
+        self._connections = connections
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> RegistrarClient:
         import aiohttp
 
-        connector = aiohttp.TCPConnector(ssl=aiohttp.Fingerprint(self._digest), limit=4)
+        connector = aiohttp.TCPConnector(
+            ssl=aiohttp.Fingerprint(self._digest), limit=self._connections
+        )
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self._timeout),
