@@ -235,3 +235,19 @@ async def test_a_registered_node_that_still_posts_ready_gets_its_receipt_again(
         await ep.h.settle()
         ep.h.clock.advance(25)
         await until(lambda: ep.h.script.receipts == ["walrus01"], "the receipt sent again")
+
+
+async def test_a_daemon_that_cannot_serve_its_endpoint_says_why(tmp_path: Path) -> None:
+    from registration._exceptions import EndpointError, KeyMaterialError
+
+    for name in "ab":
+        (tmp_path / name).mkdir()
+    with pytest.raises(KeyMaterialError, match="autoreg keys init"):
+        async with Harness(tmp_path / "a", trust="token", extra="listen = 127.0.0.1:0\n"):
+            pass
+    api_identity_init(tmp_path / "b" / "keys")
+    async with endpoint(tmp_path / "c") as ep:
+        port = ep.url.rsplit(":", 1)[1]
+        with pytest.raises(EndpointError, match=f"cannot listen on 127.0.0.1:{port}"):
+            async with Harness(tmp_path / "b", extra=f"listen = 127.0.0.1:{port}\n"):
+                pass
