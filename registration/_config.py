@@ -114,6 +114,9 @@ class ControllerConfig:
     max_pending: int = 1000
     #: Seconds a signature's timestamp may be off this registrar's clock.
     signature_window: float = 600.0
+    #: Nodes this registrar keeps at most; announcements of new ones beyond are dropped
+    #: (counted, with an event): the memory bound under any announcement rate.
+    max_nodes: int = 100_000
     #: TCP connects to nodes open at once (a node takes an SSH slot only once its
     #: address answered); bounded by the file descriptor limit as well.
     max_probes: int = 4096
@@ -340,6 +343,7 @@ _SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Parser]]]] = {
         "max_pending": ("max_pending", _positive_int),
         "signature_window": ("signature_window", _positive_float),
         "max_probes": ("max_probes", _positive_int),
+        "max_nodes": ("max_nodes", _positive_int),
         "events_keep": ("events_keep", _positive_int),
         "events_max_age": ("events_max_age", parse_duration),
         "listen": ("listen", parse_listen),

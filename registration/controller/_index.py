@@ -40,6 +40,9 @@ class NodeIndex:
         # the unique roles the rules ask about)
         self._holders: dict[str, set[str]] = defaultdict(set)
         self._registered: dict[str, set[str]] = defaultdict(set)
+        # the same per (role, cluster): what a cluster-wide question reads
+        self._scope_holders: dict[tuple[str, str | None], set[str]] = defaultdict(set)
+        self._scope_registered: dict[tuple[str, str | None], set[str]] = defaultdict(set)
         self._counts: Counter[NodeState] = Counter()
         self._lockdown: dict[str, bool] = {}
         self._tokens: dict[str, Token] = {}
@@ -81,10 +84,13 @@ class NodeIndex:
         self._by_role[rec.role].add(rec.node_id)
         self._by_scope[(rec.role, rec.cluster)].add(rec.node_id)
         self._by_key[rec.fingerprint].add(rec.node_id)
+        scope = (rec.role, rec.cluster)
         if rec.state.holds_slot:
             self._holders[rec.role].add(rec.node_id)
+            self._scope_holders[scope].add(rec.node_id)
         if rec.state is NodeState.REGISTERED:
             self._registered[rec.role].add(rec.node_id)
+            self._scope_registered[scope].add(rec.node_id)
         self._counts[rec.state] += 1
 
     def _unlink(self, rec: NodeRecord) -> None:
@@ -93,6 +99,8 @@ class NodeIndex:
         self._by_key[rec.fingerprint].discard(rec.node_id)
         self._holders[rec.role].discard(rec.node_id)
         self._registered[rec.role].discard(rec.node_id)
+        self._scope_holders[(rec.role, rec.cluster)].discard(rec.node_id)
+        self._scope_registered[(rec.role, rec.cluster)].discard(rec.node_id)
         self._counts[rec.state] -= 1
 
     def remove(self, node_id: str) -> set[str]:
@@ -109,6 +117,8 @@ class NodeIndex:
         self._by_key.clear()
         self._holders.clear()
         self._registered.clear()
+        self._scope_holders.clear()
+        self._scope_registered.clear()
         self._counts.clear()
         for rec in records:
             self._nodes[rec.node_id] = rec
@@ -225,14 +235,14 @@ class NodeIndex:
     # -- StateView ----------------------------------------------------------------------
 
     def slot_holder(self, role: str, cluster: str | None, *, exclude: str) -> NodeRecord | None:
-        for node_id in self._holders.get(role, ()):
-            rec = self._nodes[node_id]
-            if (
-                node_id != exclude
-                and rec.state.holds_slot
-                and (cluster is None or rec.cluster == cluster)
-            ):
-                return rec
+        holders = (
+            self._holders.get(role, ())
+            if cluster is None
+            else self._scope_holders.get((role, cluster), ())
+        )
+        for node_id in holders:
+            if node_id != exclude:
+                return self._nodes[node_id]
         return None
 
     def key_holder(self, node: NodeRecord) -> NodeRecord | None:
@@ -254,10 +264,9 @@ class NodeIndex:
         return None
 
     def has_registered(self, role: str, cluster: str | None) -> bool:
-        return any(
-            cluster is None or self._nodes[i].cluster == cluster
-            for i in self._registered.get(role, ())
-        )
+        if cluster is None:
+            return bool(self._registered.get(role))
+        return bool(self._scope_registered.get((role, cluster)))
 
     def is_locked(self, role: str) -> bool:
         return self._lockdown.get(GLOBAL_SCOPE, False) or self._lockdown.get(role, False)

@@ -55,6 +55,17 @@ QUEUE_MAX: Final = 20_000
 DROP_REPORT_INTERVAL: Final = 60.0
 
 
+_ADVICE: Final = {
+    "the approval queue is full ([controller] max_pending)": (
+        "approve or deny pending nodes, or give nodes tokens"
+    ),
+    "the node table is full ([controller] max_nodes)": (
+        "`autoreg forget` nodes that are gone, or raise max_nodes"
+    ),
+    "the intake queue is full": "the store is slower than the announcements: check its disk",
+}
+
+
 class Intake:
     """Browsed announcements in; records, in batches, to the store and the reconciler."""
 
@@ -83,6 +94,7 @@ class Intake:
         self._idle.set()
         self._notes = itertools.count()
         self._newcomers: set[str] = set()  # unsigned newcomers queued, not stored yet
+        self._incoming: set[str] = set()  # every node queued that is not stored yet
         # Announcements signed with a token this registrar did not know yet (the admin
         # created it a moment later): checked again as soon as tokens change.
         self._unverified: dict[str, Arrival] = {}
@@ -149,6 +161,10 @@ class Intake:
                      "announcement": ann.summary()},
                 )  # fmt: skip
             return False
+        new = ann.node_id not in self._recon.index and ann.node_id not in self._incoming
+        if new and len(self._recon.index) + len(self._incoming) >= self._ctl.max_nodes:
+            self._drop("the node table is full ([controller] max_nodes)")
+            return False
         auth, token_id = self._authenticate(ann)
         if self._untrusted_newcomer(me, ann, auth):
             if self._approval_queue_full():
@@ -177,6 +193,8 @@ class Intake:
                 return False
             self._queue.pop(key, None)  # a goodbye queued before: the node is back
             self._arrivals += 1
+        if new:
+            self._incoming.add(ann.node_id)
         self._queue[key] = arrival
         self._kick()
         return True
@@ -256,10 +274,13 @@ class Intake:
             return
         self._drop_reported = now
         dropped, self._dropped = self._dropped, {}
-        parts = "; ".join(f"{n} because {reason}" for reason, n in sorted(dropped.items()))
+        parts = "; ".join(
+            f"{n} because {reason} ({_ADVICE.get(reason, '')})"
+            for reason, n in sorted(dropped.items())
+        )
         message = (
             f"announcements dropped, not stored: {parts}; nodes announce again until "
-            "they are registered (approve or deny pending nodes, or give nodes tokens)"
+            "they are registered"
         )
         log.warning("%s", message)
         kind = "pending-full" if any("max_pending" in r for r in dropped) else "intake-full"
@@ -299,6 +320,7 @@ class Intake:
     ) -> None:
         if isinstance(item, Arrival):
             self._newcomers.discard(item.ann.node_id)
+            self._incoming.discard(item.ann.node_id)
         if isinstance(result, Absorbed):
             self._recon.apply(result.record)
         elif isinstance(result, NodeRecord):

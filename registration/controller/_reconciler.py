@@ -48,6 +48,8 @@ RECEIPT_RESEND_MAX: Final = 3600.0
 #: answer; after MOVE_ATTEMPTS such checks the move is refused.
 MOVE_RETRY_INTERVAL: Final = 30.0
 MOVE_ATTEMPTS: Final = 5
+#: State changes committed in one transaction at most (a pass commits in chunks).
+PASS_COMMIT_MAX: Final = 500
 #: Backoff after a pass that failed (the store is unreachable, say): first, cap.
 PASS_RETRY_INITIAL: Final = 0.5
 PASS_RETRY_MAX: Final = 30.0
@@ -174,8 +176,8 @@ class Reconciler:
     def _applied(self, rec: NodeRecord, change: Change, fresh: NodeRecord) -> None:
         level = logging.WARNING if change.to in _WARN_STATES else logging.INFO
         log.log(level, "%s", change.event_message(rec))
-        if change.grant is not None:
-            self._trust_spent = True
+        if change.grant is not None and change.grant.startswith(("token:", "window:")):
+            self._trust_spent = True  # a use spent: the index's copy is stale
         self.apply(fresh)
 
     async def _lost(self, rec: NodeRecord, change: Change, exc: LostRace) -> None:
@@ -265,9 +267,12 @@ class Reconciler:
                 rec.reason,
             ):
                 changes.append((rec, self._step(rec, decision.state, decision.reason)))
-        for fresh in await self.change_many(changes):
-            if fresh is not None and fresh.state is NodeState.QUEUED:
-                self._enqueue(fresh)
+        # In commits of PASS_COMMIT_MAX, each chunk's queued nodes handed to the pool at
+        # once: a flood's pass does not hold back the first nodes it decided.
+        for start in range(0, len(changes), PASS_COMMIT_MAX):
+            for fresh in await self.change_many(changes[start : start + PASS_COMMIT_MAX]):
+                if fresh is not None and fresh.state is NodeState.QUEUED:
+                    self._enqueue(fresh)
         if self._trust_spent:
             self._trust_spent = False
             await self.load_trust()  # uses spent, windows sealed: decide on what is left

@@ -95,6 +95,7 @@ class Announcer:
         self._stopping = asyncio.Event()
         self._token: JoinToken | None = None
         self._signed_at = 0.0
+        self._token_discarded = False
         self._changed = asyncio.Event()  # a new announcement went out: back off anew
         self.reannounced = 0
         #: Why it is not registered yet (logged, `autoreg status`); HTTPS with [node] registrar.
@@ -111,9 +112,10 @@ class Announcer:
         return identity.announcement(self.config.node, registered=standing is not None)
 
     def _discard_token(self) -> None:
-        """Registered: a single-use token in token_file has done its job."""
+        """Registered: a single-use token in token_file has done its job (one try)."""
         path = self.config.node.token_file
-        if path is not None and path.exists():
+        if path is not None and not self._token_discarded and path.exists():
+            self._token_discarded = True
             try:
                 path.unlink()
                 log.info("registered: deleted the join token %s (no longer needed)", path)
@@ -203,13 +205,14 @@ class Announcer:
         first = await self._publication.set(ip=ann.ip, port=ann.port, txt=txt)
         self._signed_at = now if signing is not None else 0.0
         verb = "announced" if first else "re-announced"
+        unchanged = ""
         if ann.state != "ready" and self.reannounced:
-            verb += f" (after {self.reannounced} unchanged re-announcement(s))"
+            unchanged = f"; {self.reannounced} unchanged announcement(s) before"
         self._current = ann
         self._changed.set()
         where = f" of cluster {ann.cluster}" if ann.cluster else ""
         log.info(
-            "%s %s%s id=%s at %s:%d fp=%s state=%s%s (%.0f ms)",
+            "%s %s%s id=%s at %s:%d fp=%s state=%s%s (%.0f ms%s)",
             verb,
             ann.role,
             where,
@@ -220,4 +223,5 @@ class Announcer:
             ann.state,
             f" signed ({signing.token_id})" if signing is not None else "",
             (time.monotonic() - started) * 1000,
+            unchanged,
         )

@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from registration.protocol import Announcement
 from registration.state import NodeRecord
 from registration.state import NodeState as S
 from support.harness import Harness, announcement, until
@@ -100,3 +101,22 @@ async def test_stopping_mid_burst_leaves_no_task_behind(tmp_path: Path) -> None:
     finally:
         loop.set_exception_handler(None)
     assert unretrieved == []
+
+
+def cc(i: int, **kw: Any) -> Announcement:
+    return announcement(f"cc{i:06d}", "cc", f"c{i:04d}", ip=f"198.18.{i // 200 + 1}.{i % 200 + 2}",
+                        **kw)  # fmt: skip
+
+
+async def test_the_node_table_is_bounded(tmp_path: Path) -> None:
+    async with Harness(tmp_path, extra="max_nodes = 5\n") as h:
+        for i in range(12):
+            h.network.announce(cc(i))
+        await until(lambda: len(h.daemon.reconciler.index) == 5, "five nodes")
+        await h.settle()
+        assert sorted(r.node_id for r in h.daemon.reconciler.index) == [
+            f"cc{i:06d}" for i in range(5)
+        ]
+        events = [e for e in await h.daemon.store.events() if e.kind == "intake-full"]
+        assert events and "because the node table is full" in events[0].message
+        assert "raise max_nodes" in events[0].message

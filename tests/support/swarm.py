@@ -40,6 +40,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -266,14 +267,26 @@ class SwarmLab:
 
     # -- the registrar -------------------------------------------------------------------
 
-    def start_daemon(self, label: str, *, trust: str = "open") -> Proc:
-        """A fresh daemon on a fresh store (the previous one's moved to ``state-<label>``)."""
+    def start_daemon(self, label: str, *, trust: str = "open", uptime: float = 0.0) -> Proc:
+        """A fresh daemon on a fresh store (the previous one's moved to ``state-<label>``).
+
+        ``uptime``: return only once it has been running that long (and fail if it
+        exits meanwhile): a registrar that has been up for a while, its browser past
+        its start-up queries, rather than one started just before the nodes.
+        """
         self.stop_daemon()
         if self.ctl.state_dir.exists():
             self.ctl.state_dir.rename(self.ctl.host.workdir / f"state-{self.daemon_label}")
         self.ctl.extra["controller"]["trust"] = trust
         self.daemon_label = label
-        return self.ctl.start_daemon()
+        daemon = self.ctl.start_daemon()
+        if uptime > 0:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = daemon.wait(uptime)
+                raise LabError(
+                    f"the daemon exited ({code}) during its uptime:\n{daemon.log_text()}"
+                )
+        return daemon
 
     def stop_daemon(self, timeout: float = 30) -> int | None:
         daemon, self.ctl.daemon = self.ctl.daemon, None
