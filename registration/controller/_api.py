@@ -89,8 +89,9 @@ _HTTP_LOG: Final = logging.getLogger(__name__ + ".http")
 _HTTP_LOG.addFilter(_Quiet())
 
 
-class Refusal(Exception):
-    """A request refused: the HTTP status, the API's error code, a message for people."""
+class Refusal(AutoregError):
+    """A request refused: the HTTP status, the API's error code, a message for people
+    (raised by a handler, answered by the middleware; never leaves this module)."""
 
     def __init__(
         self, status: int, code: str, message: str, *, field: str | None = None,

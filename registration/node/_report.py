@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from .._config import Config, NodeConfig
-from .._exceptions import RegistrarError
+from .._exceptions import AutoregError, RegistrarError
 from .._files import write_atomic
 from .._text import escape_controls
 from ..protocol import Announcement, JoinToken, encode_node
@@ -138,6 +138,15 @@ class NodeReport:
         self._say_announced(ann)
         if self._node.registrar and self._node.registrar_fingerprint:
             self._task = asyncio.ensure_future(self._run())
+            self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """The HTTPS side never stops on its own: if it did, say so loudly."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("announcing over HTTPS stopped: %r", task.exception(),
+                      exc_info=task.exception())  # fmt: skip
+            self._say(f"announcing to {self._node.registrar} failed: {task.exception()!r}",
+                      warn=True)  # fmt: skip
 
     def update(self, ann: Announcement) -> None:
         """The announcement as it is now (called on every refresh; cheap when unchanged)."""
@@ -232,9 +241,10 @@ class NodeReport:
                         reply = await client.announce(
                             encode_node(ann, token=token, now=time.time()), ann.port
                         )
-                    except RegistrarError as exc:
+                    except AutoregError as exc:  # RegistrarError, or a record too large
                         failures += 1
-                        delay = exc.retry_after or min(RETRY_MAX, REPOST_INITIAL * 2**failures)
+                        retry_after = exc.retry_after if isinstance(exc, RegistrarError) else None
+                        delay = retry_after or min(RETRY_MAX, REPOST_INITIAL * 2**failures)
                         post_due = now + _jittered(delay)
                         self._say(f"{exc}; posting again in {delay:.0f} s", warn=True)
                         wait = post_due - now
