@@ -165,3 +165,31 @@ async def test_no_registrar_answering_is_a_warning_and_it_keeps_trying(
         )
     warned = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert any("no registrar answering at https://127.0.0.1:1" in r.getMessage() for r in warned)
+
+
+def test_status_on_a_node_shows_the_line_escaped_and_whether_the_announcer_runs(
+    tmp_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from registration.cli import cli
+
+    conf = tmp_path / "autoreg.conf"
+    receipt = tmp_path / "node" / "receipt.json"
+    receipt.parent.mkdir()
+    conf.write_text(f"[autoreg]\nstate_dir = {tmp_path / 'state'}\nkeys_dir = {tmp_path}\n"
+                    f"[node]\nreceipt_path = {receipt}\n")  # fmt: skip
+    line = "not registered yet: pending approval at https://x:8443: \x1b[2Jhostile"
+    (receipt.parent / "announce.json").write_text(
+        json.dumps({"pid": 2**22 + 1, "line": line, "registered": False})
+    )
+    result = CliRunner().invoke(cli, ["-c", str(conf), "status"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "node: not registered yet: pending approval at https://x:8443: \\x1b[2Jhostile "
+        "(announcer not running)"
+    ) in result.output
+    report = json.loads(CliRunner().invoke(cli, ["-c", str(conf), "status", "--json"]).output)
+    # --json is escaped too (docs/security.md: every string of it)
+    assert report["node"]["line"] == line.replace("\x1b", "\\x1b")
+    assert report["node"]["running"] is False
