@@ -189,7 +189,8 @@ def retry(obj: _Ctx, node: str) -> None:
 
 @cli.group()
 def keys() -> None:
-    """The controller's SSH key (CONTROLLER_KEY) that nodes authorise."""
+    """The controller's SSH key (CONTROLLER_KEY) that nodes authorise, and the HTTPS
+    certificate nodes pin."""
 
 
 @keys.command("init")
