@@ -27,6 +27,7 @@ from ._sshkeys import read_public_key
 from ._trust import create_token, trust_report
 from .controller import AddressPolicy, Registrar, add_tunnel, ingest, remove_tunnel
 from .media import Medium, MediumRequest, assemble, callback_material
+from .node import read_node_status
 from .protocol import Announcement
 from .state import (
     GLOBAL_SCOPE,
@@ -215,6 +216,7 @@ async def status_report(config: Config) -> dict[str, Any]:
         "state_dir": str(config.state_dir),
         "profile": config.profile.name,
         "daemon": daemon_status(config),
+        "node": read_node_status(config),  # the announcer's line: why not registered yet
     }
     try:
         async with store_for(config, readonly=True) as store:

@@ -16,6 +16,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from ._endpoints import (
+    parse_listen,
+    parse_pin,
+    parse_rate,
+    parse_registrar_url,
+    registrar_pair_problem,
+)
 from ._exceptions import AnnouncementError, ConfigError
 from ._profile import ROLE_SECTION_PREFIX, Profile, load_profile
 from ._units import parse_duration
@@ -69,6 +76,9 @@ class NodeConfig:
     #: A join token (``ID.SECRET``) to sign announcements with; or read from token_file.
     token: str | None = dataclasses.field(default=None, repr=False)
     token_file: Path | None = None
+    #: The registrar's HTTPS endpoint (``https://HOST:PORT``) and its pinned certificate.
+    registrar: str | None = None
+    registrar_fingerprint: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -113,6 +123,10 @@ class ControllerConfig:
     #: The event log keeps at most this many events, none older than events_max_age.
     events_keep: int = 50_000
     events_max_age: float = 30 * 86400.0
+    #: The HTTPS registration endpoint's (address, port); None: not served.
+    listen: tuple[str, int] | None = None
+    #: Requests per second one source address may make to it (bursts of three times).
+    listen_rate: float = 10.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -301,6 +315,8 @@ _SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Parser]]]] = {
         "probe": ("probe", _bool),
         "token": ("token", _opt_str),
         "token_file": ("token_file", _opt_path),
+        "registrar": ("registrar", parse_registrar_url),
+        "registrar_fingerprint": ("registrar_fingerprint", parse_pin),
     },
     "controller": {
         "role": ("role", _opt_str),
@@ -330,6 +346,8 @@ _SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Parser]]]] = {
         "max_nodes": ("max_nodes", _positive_int),
         "events_keep": ("events_keep", _positive_int),
         "events_max_age": ("events_max_age", parse_duration),
+        "listen": ("listen", parse_listen),
+        "listen_rate": ("listen_rate", parse_rate),
     },
     "callback": {
         "controller": ("controller", _opt_str),
@@ -523,6 +541,9 @@ def _cross_check(config: Config, sources: Mapping[str, str] | None = None) -> No
         return (sources or {}).get(f"{section}.{key}", f"{where} [{section}]")
 
     _check_node_fields(config, source)
+    unpaired = registrar_pair_problem(config.node.registrar, config.node.registrar_fingerprint)
+    if unpaired:
+        raise ConfigError(unpaired, source=source("node", "registrar"))
     for section, role, cluster in (
         ("node", config.node.role, config.node.cluster),
         ("controller", config.controller.role, config.controller.cluster),

@@ -13,11 +13,13 @@ __all__ = [
     "AnnouncementError",
     "AutoregError",
     "ConfigError",
+    "EndpointError",
     "FingerprintMismatch",
     "HookError",
     "KeyMaterialError",
     "NodeNotFound",
     "NodeUnreachable",
+    "RegistrarError",
     "SSHError",
     "StateError",
     "TransportError",
@@ -80,6 +82,38 @@ class TransportError(AutoregError):
     """The discovery transport (mDNS responder/browser) failed."""
 
     exit_code = 69  # EX_UNAVAILABLE
+
+
+class EndpointError(AutoregError):
+    """The HTTPS registration endpoint cannot be served (address, port, key pair)."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+
+class RegistrarError(AutoregError):
+    """A registrar's HTTPS endpoint did not answer, or refused a request.
+
+    ``status`` is the HTTP status (None: no answer at all), ``code`` the API's error
+    code (``unsigned``, ``bad-signature``, …; "" when there is none), ``retry_after``
+    the seconds the registrar asked the node to wait (None: not said).
+    """
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        status: int | None = None,
+        code: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        self.url = url
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
 class SSHError(AutoregError):

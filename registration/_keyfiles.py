@@ -1,4 +1,5 @@
-"""The registrar's key files: CONTROLLER_KEY, the sshd host-key pin, what media carry.
+"""The registrar's key files: CONTROLLER_KEY, the sshd host-key pin, the HTTPS key pair
+(``_tls``), what media carry.
 
 Key material only (files under ``[autoreg] keys_dir`` and the sshd host key); no
 state store, so every layer may use it.
@@ -12,9 +13,12 @@ from typing import Any, Final
 from ._config import Config
 from ._exceptions import KeyMaterialError
 from ._sshkeys import PublicKey, generate_ed25519, read_public_key
+from ._tls import ApiIdentity, api_identity, api_identity_init
 
 __all__ = [
     "CONTROLLER_HOST_ALIAS",
+    "api_fingerprint",
+    "api_keys_init",
     "controller_known_hosts_text",
     "keys_init",
     "keys_show",
@@ -42,6 +46,20 @@ def keys_show(config: Config) -> PublicKey:
             f"no controller key at {config.controller_key}; create it with `autoreg keys init`"
         )
     return read_public_key(pub)
+
+
+def api_keys_init(config: Config) -> tuple[ApiIdentity, bool]:
+    """The HTTPS key and self-signed certificate of ``[controller] listen``, next to
+    CONTROLLER_KEY: created unless both exist (never overwritten)."""
+    return api_identity_init(config.keys_dir)
+
+
+def api_fingerprint(config: Config) -> tuple[str | None, str | None]:
+    """(the certificate's ``SHA256:`` fingerprint nodes pin, None) or (None, why not)."""
+    try:
+        return api_identity(config.keys_dir).fingerprint, None
+    except KeyMaterialError as exc:
+        return None, str(exc)
 
 
 def controller_known_hosts_text(config: Config) -> str:

@@ -17,6 +17,7 @@ import pytest
 from support import netlab
 from support.autoreg_lab import AutoregLab
 from support.prerequisites import unavailable
+from support.routed import RoutedLabs
 
 _lab_index = iter(range(10, 250))
 
@@ -68,3 +69,10 @@ def alab(tmp_path: Path) -> Iterator[AutoregLab]:
     """A fresh isolated network (its own /24 in 198.18.0.0/15) for autoreg stations."""
     with netlab.Lab(tmp_path / "lab", index=next(_lab_index)) as lab:
         yield AutoregLab(lab)
+
+
+@pytest.fixture
+def routed(tmp_path: Path) -> Iterator[RoutedLabs]:
+    """Three isolated networks (a /24 each), for a test to join with routers."""
+    with RoutedLabs(tmp_path / "nets", [next(_lab_index) for _ in range(3)]) as nets:
+        yield nets

@@ -31,7 +31,7 @@ APT_PACKAGES="$APT_PACKAGES lintian debootstrap fakeroot git systemd"
 # etcd store tests: a real 3-member etcd 3.4 cluster in namespaces (the server and
 # etcdctl); never started in the root namespace.
 APT_PACKAGES="$APT_PACKAGES etcd-server etcd-client"
-APT_DEBIAN_DEPS="python3-zeroconf python3-paramiko python3-click python3-jinja2 python3-cryptography python3-pycdlib python3-yaml python3-dbus python3-etcd3gw"
+APT_DEBIAN_DEPS="python3-zeroconf python3-paramiko python3-click python3-jinja2 python3-cryptography python3-pycdlib python3-yaml python3-dbus python3-etcd3gw python3-aiohttp"
 
 missing_packages() {
     for pkg in "$@"; do
@@ -117,9 +117,10 @@ if [ "$flavour" = debian ]; then
     "$venv/bin/python" -m pip install -q "pytest>=7.2" "pytest-timeout>=2.1" "hypothesis>=6"
     # Debian's python3-dbus comes through the system site packages.
     "$venv/bin/python" - <<'PY'
-import click, jinja2, paramiko, zeroconf
+import aiohttp, click, jinja2, paramiko, zeroconf
 print("bootstrap: Debian versions:", "zeroconf", zeroconf.__version__, "paramiko",
-      paramiko.__version__, "click", click.__version__, "jinja2", jinja2.__version__)
+      paramiko.__version__, "click", click.__version__, "jinja2", jinja2.__version__,
+      "aiohttp", aiohttp.__version__)
 PY
 else
     "$venv/bin/python" -m pip install -q -e "${root}[test,dev,avahi,etcd]"

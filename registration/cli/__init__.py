@@ -254,7 +254,12 @@ def announce(
     receipt: str | None,
     probe: bool | None,
 ) -> None:
-    """Announce this node over mDNS until stopped (goodbye on SIGTERM/SIGINT)."""
+    """Announce this node over mDNS until stopped (goodbye on SIGTERM/SIGINT).
+
+    With [node] registrar it also posts its signed record to that registrar's HTTPS
+    endpoint and follows its state; either way it logs, in one line, why the node is
+    not registered yet (`autoreg status` shows it too).
+    """
     from ..node import Announcer
 
     with _errors():
@@ -448,7 +453,10 @@ def events(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def status(obj: _Ctx, as_json: bool) -> None:
-    """Is the daemon running, with which role and transport; node counts; lockdown."""
+    """Is the daemon running, with which role and transport; node counts; lockdown.
+
+    On a node: why it is not registered yet, as the announcer last said.
+    """
     with _errors():
         report = run(_admin.status_report(obj.config()))
         if as_json:
@@ -461,9 +469,14 @@ def status(obj: _Ctx, as_json: bool) -> None:
                 f"daemon: running (pid {daemon_['pid']}), registrar {daemon_['role']}"
                 f"{where}, {daemon_['registrar_state']}, transport "
                 f"{daemon_['transport']}"
+                + (f", HTTPS endpoint {daemon_['api']}" if daemon_.get("api") else "")
             )
         else:
             click.echo("daemon: not running")
+        node = report.get("node")
+        if node:
+            running = "running" if node["running"] else "not running"
+            click.echo(f"node: {escape_controls(str(node.get('line')))} (announcer {running})")
         click.echo(f"state: {report['state_dir']} (schema {report.get('schema_version', '?')})")
         if "state_error" in report:
             click.echo(f"  {report['state_error']}")

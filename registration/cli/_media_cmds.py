@@ -70,6 +70,18 @@ def _medium_options(fn: click.decorators.FC) -> click.decorators.FC:
             "medium: the node registers with no human step under trust = token.",
         ),
         click.option(
+            "--registrar",
+            metavar="https://HOST:PORT",
+            help="The registrar's HTTPS endpoint ([controller] listen): the node posts its "
+            "signed announcement there too, for networks mDNS does not reach.",
+        ),
+        click.option(
+            "--registrar-fingerprint",
+            metavar="SHA256:…",
+            help="That registrar's certificate, pinned by the node (default: this host's "
+            "own, as `autoreg keys show` prints it).",
+        ),
+        click.option(
             "--token-ttl",
             default="24h",
             show_default=True,

@@ -189,18 +189,26 @@ def retry(obj: _Ctx, node: str) -> None:
 
 @cli.group()
 def keys() -> None:
-    """The controller's SSH key (CONTROLLER_KEY) that nodes authorise."""
+    """The controller's SSH key (CONTROLLER_KEY) that nodes authorise, and the HTTPS
+    certificate nodes pin."""
 
 
 @keys.command("init")
 @pass_ctx
 def keys_init(obj: _Ctx) -> None:
-    """Create the controller key (ed25519) unless it exists; never overwrites."""
+    """Create the controller key (ed25519) and the HTTPS key pair unless they exist.
+
+    Never overwrites: the HTTPS certificate (self-signed, for [controller] listen) is
+    what nodes pin, `autoreg keys show` prints its fingerprint.
+    """
     with _errors():
         config = obj.config()
         key, created = _keyfiles.keys_init(config)
         word = "created" if created else "kept existing"
         click.echo(f"{word} {config.controller_key} ({key.fingerprint})", err=True)
+        api, api_created = _keyfiles.api_keys_init(config)
+        word = "created" if api_created else "kept existing"
+        click.echo(f"{word} {api.cert_path} (HTTPS; nodes pin {api.fingerprint})", err=True)
         material = _keyfiles.medium_material(config)
         if material["controller_pin"] is None:
             click.echo(
@@ -218,13 +226,16 @@ def keys_show(obj: _Ctx, as_json: bool) -> None:
     """Print the controller's public key and what install media carry besides it.
 
     That is: the controller's host-key pin (what nodes that call back trust),
-    CALLBACK_PORT and CALLBACK_USER, and the CONTROLLER_PORT range tunnels take
-    their ports from.  The last line is the authorized_keys line for nodes.
+    CALLBACK_PORT and CALLBACK_USER, the CONTROLLER_PORT range tunnels take
+    their ports from, and the SHA-256 fingerprint of the HTTPS certificate that
+    nodes posting to [controller] listen pin (--json: api_fingerprint).  The last
+    line is the authorized_keys line for nodes.
     """
     with _errors():
         config = obj.config()
         key = _keyfiles.keys_show(config)
         material = _keyfiles.medium_material(config)
+        api, api_error = _keyfiles.api_fingerprint(config)
         if as_json:
             emit_json(
                 {
@@ -233,6 +244,7 @@ def keys_show(obj: _Ctx, as_json: bool) -> None:
                     "fingerprint": key.fingerprint,
                     "public_key": key.openssh,
                     **material,
+                    "api_fingerprint": api,
                 }
             )
             return
@@ -250,6 +262,8 @@ def keys_show(obj: _Ctx, as_json: bool) -> None:
             f"#   CONTROLLER_PORT  {first}-{last}, {material['controller_ports_per_node']} per node"
         )
         click.echo(f"#   CALLBACK_KEY     {material['callback_key']}")
+        pin = api or f"none: {api_error}"
+        click.echo(f"#   HTTPS pin        {pin} ([node] registrar_fingerprint)")
         click.echo(
             f"# append to ~{material['controller_user']}/.ssh/authorized_keys on every node:"
         )

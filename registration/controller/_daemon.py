@@ -49,6 +49,7 @@ from ..state import (
     open_store,
 )
 from ..transport import Publication, Transport, create_transport
+from ._api import ApiServer, start_api
 from ._dial import probe_capacity
 from ._hooks import KILL_GRACE
 from ._ingest import AddressPolicy
@@ -128,6 +129,7 @@ class Daemon:
         self.trust = config.controller.trust or "token"
         self.trust_source = "configuration" if config.controller.trust else "default"
         self._intake: Intake | None = None
+        self._api: ApiServer | None = None  # the HTTPS endpoint ([controller] listen)
         self._window_timers: dict[str, TimerHandle] = {}
         self.identity: NodeIdentity | None = None
         self.owner = ""
@@ -178,7 +180,7 @@ class Daemon:
             probes=probes,
             after_pass=self._update_announcement,
         )
-        self._intake = Intake(
+        intake = self._intake = Intake(
             store,
             recon,
             registrar=self._registrar,
@@ -236,12 +238,15 @@ class Daemon:
             asyncio.ensure_future(self._renew_claims()),
         ]
         await self._announce_self()
+        self._api = await start_api(self.config, store, intake, recon, self._clock, self._status)
         self._write_status()
         self.started.set()
 
     async def close(self) -> None:
         """Stop everything that started (also after a failed start), in order."""
         self._stopping.set()
+        if self._api is not None:
+            await self._api.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -555,8 +560,8 @@ class Daemon:
             await self._announce_self()
             self._write_status()
 
-    def _write_status(self) -> None:
-        status = {
+    def _status(self) -> dict[str, Any]:
+        return {
             "pid": os.getpid(),
             "version": __version__,
             "role": self.role,
@@ -571,11 +576,14 @@ class Daemon:
             "trust": self.trust,
             "trust_source": self.trust_source,
             "window": self._window_open(),
+            "api": self._api.url if self._api is not None else None,
             "updated": self._clock.time(),
         }
+
+    def _write_status(self) -> None:
         write_atomic(
             self.config.state_dir / "daemon.json",
-            json.dumps(status, indent=2) + "\n",
+            json.dumps(self._status(), indent=2) + "\n",
             mode=0o644,
             durable=False,
         )

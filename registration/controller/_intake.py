@@ -39,7 +39,7 @@ from ..state import (
     StateStore,
 )
 from ..transport import ResolvedService
-from ._ingest import AddressPolicy, screen
+from ._ingest import AddressPolicy, Ingested, screen
 from ._reconciler import Reconciler
 from ._rules import Registrar
 
@@ -198,6 +198,16 @@ class Intake:
         self._queue[key] = arrival
         self._kick()
         return True
+
+    def screen(self, ann: Announcement) -> Ingested | None:
+        """Why ``ann`` would go no further (not mine, address refused), or None; nothing
+        is queued (the HTTPS endpoint answers with this before it offers)."""
+        return screen(self._registrar(), ann, self._policy())
+
+    @property
+    def queued(self) -> int:
+        """Announcements, goodbyes and notes received and not stored yet."""
+        return len(self._queue)
 
     def verify_again(self) -> None:
         """Announcements whose token was unknown: take them in again now."""

@@ -403,7 +403,7 @@ class Reconciler:
             else:
                 self.pool.submit(rec.node_id, "move", Tier.UPKEEP)
             return
-        if not rec.present or rec.source is not Source.MDNS or rec.announced_state != "ready":
+        if not rec.present or rec.source is Source.MANUAL or rec.announced_state != "ready":
             self._receipts.pop(rec.node_id, None)  # it holds its receipt (or is gone)
             return
         sent, interval = self._receipts.get(rec.node_id, (0.0, RECEIPT_RESEND_INTERVAL))

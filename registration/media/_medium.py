@@ -25,7 +25,8 @@ from typing import Final
 import jinja2
 
 from .._config import Config
-from .._exceptions import AnnouncementError, ConfigError
+from .._endpoints import parse_pin, parse_registrar_url
+from .._exceptions import AnnouncementError, ConfigError, KeyMaterialError
 from .._nodeconf import callback_section, render_conf
 from .._sshkeys import PublicKey
 from ..protocol import check_cluster, check_name, check_node_id, check_role
@@ -157,6 +158,8 @@ class MediumRequest:
     controller_user: str
     token_ttl: float = 24 * 3600.0
     with_token: bool = True
+    #: The registrar's HTTPS endpoint and its certificate pin ([node] registrar, …).
+    registrar: tuple[str, str] | None = None
 
 
 def check_request(
@@ -172,6 +175,8 @@ def check_request(
     interface: str | None = None,
     token_ttl: float = 24 * 3600.0,
     with_token: bool = True,
+    registrar: str | None = None,
+    registrar_fingerprint: str | None = None,
 ) -> MediumRequest:
     """Validate everything a medium needs before anything is allocated for it."""
     spec = config.profile.role(role)
@@ -221,6 +226,7 @@ def check_request(
             "it dials from its network)"
         )
     return MediumRequest(
+        registrar=_check_registrar(config, registrar, registrar_fingerprint),
         node=NodeSpec(role=role, cluster=cluster, hostname=hostname, node_id=node_id),
         controller=controller,
         callback=callback,
@@ -230,6 +236,32 @@ def check_request(
         token_ttl=token_ttl,
         with_token=with_token,
     )
+
+
+def _check_registrar(
+    config: Config, url: str | None, fingerprint: str | None
+) -> tuple[str, str] | None:
+    """(URL, pin) for the medium: the pin given, else this host's own HTTPS certificate's."""
+    if url is None:
+        if fingerprint is not None:
+            raise ConfigError("--registrar-fingerprint needs --registrar https://HOST:PORT")
+        return None
+    try:
+        url = parse_registrar_url(url)
+        if fingerprint is not None:
+            return url, parse_pin(fingerprint)
+    except ValueError as exc:
+        option = "--registrar-fingerprint" if fingerprint is not None else "--registrar"
+        raise ConfigError(f"{option}: {exc}") from exc
+    from .._tls import api_identity
+
+    try:
+        return url, api_identity(config.keys_dir).fingerprint
+    except KeyMaterialError as exc:
+        raise ConfigError(
+            f"--registrar: the node pins the registrar's HTTPS certificate, and this host "
+            f"has none ({exc}); or give the registrar's --registrar-fingerprint"
+        ) from exc
 
 
 def callback_material(
@@ -263,7 +295,9 @@ def assemble(
     units = (ANNOUNCE_UNIT, CALLBACK_UNIT) if callback else (ANNOUNCE_UNIT,)
     return Medium(
         node=request.node,
-        autoreg_conf=_autoreg_conf(config, request.node, callback, join_token is not None),
+        autoreg_conf=_autoreg_conf(
+            config, request.node, callback, join_token is not None, request.registrar
+        ),
         controller_user=user,
         controller_home="/root" if user == "root" else f"/home/{user}",
         controller_public_key=controller_key.openssh,
@@ -278,7 +312,11 @@ def assemble(
 
 
 def _autoreg_conf(
-    config: Config, node: NodeSpec, material: CallbackMaterial | None, token: bool
+    config: Config,
+    node: NodeSpec,
+    material: CallbackMaterial | None,
+    token: bool,
+    registrar: tuple[str, str] | None = None,
 ) -> str:
     sections: dict[str, dict[str, str]] = {
         "autoreg": {"transport": "auto"},
@@ -289,6 +327,8 @@ def _autoreg_conf(
     sections["node"].update(id=node.node_id, name=node.hostname)
     if token:
         sections["node"]["token_file"] = NODE_JOIN_TOKEN
+    if registrar is not None:
+        sections["node"].update(registrar=registrar[0], registrar_fingerprint=registrar[1])
     if material is not None:
         sections["callback"] = callback_section(
             config,

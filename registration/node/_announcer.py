@@ -42,6 +42,7 @@ from ..protocol import (
 )
 from ..transport import Publication, Transport, create_transport
 from ._identity import NodeIdentity, self_registration_state
+from ._report import NodeReport
 
 __all__ = ["Announcer", "load_token"]
 
@@ -97,6 +98,8 @@ class Announcer:
         self._token_discarded = False
         self._changed = asyncio.Event()  # a new announcement went out: back off anew
         self.reannounced = 0
+        #: Why it is not registered yet (logged, `autoreg status`); HTTPS with [node] registrar.
+        self.report = NodeReport(config, token=lambda: self._token)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -137,6 +140,7 @@ class Announcer:
             node_id=ann.node_id,
             probe=self.config.node.probe,
         )
+        self.report.start(ann)
         keeper = asyncio.ensure_future(self._announce_until_registered())
         try:
             await self._publish(ann)
@@ -145,6 +149,7 @@ class Announcer:
                     await asyncio.wait_for(self._stopping.wait(), self.config.node.poll_interval)
                 if self._stopping.is_set():
                     break
+                self.report.tick()
                 try:
                     await self._publish(self._snapshot())
                     if await self._publication.maintain():
@@ -157,6 +162,7 @@ class Announcer:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
+            await self.report.close()
             if await self._publication.withdraw():
                 log.info("withdrew %s (goodbye sent)", self._publication.name)
             if self._owns_transport:
@@ -188,6 +194,7 @@ class Announcer:
 
     async def _publish(self, ann: Announcement) -> None:
         assert self._publication is not None
+        self.report.update(ann)  # HTTPS too: even when the mDNS responder fails below
         now = time.time()
         resign = self._token is not None and now - self._signed_at >= RESIGN_AFTER
         if ann == self._current and not resign:

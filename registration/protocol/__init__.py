@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 from ._address import address_problem
+from ._http import (
+    ANNOUNCE_PATH,
+    API_VERSION,
+    MAX_BODY,
+    METRICS_PATH,
+    NODES_PATH,
+    REGISTRAR_PATH,
+    decode_announce_body,
+    encode_announce_body,
+    parse_json_object,
+)
 from ._signature import (
     SIGNATURE_KEYS,
     SIGNATURE_WINDOW,
@@ -38,10 +49,16 @@ from ._txt import (
 )
 
 __all__ = [
+    "ANNOUNCE_PATH",
+    "API_VERSION",
     "CONTROLLER_SERVICE_TYPE",
     "KEY_TYPES",
+    "MAX_BODY",
+    "METRICS_PATH",
+    "NODES_PATH",
     "NODE_SERVICE_TYPE",
     "PROTOCOL_VERSION",
+    "REGISTRAR_PATH",
     "SIGNATURE_KEYS",
     "SIGNATURE_WINDOW",
     "Announcement",
@@ -59,12 +76,15 @@ __all__ = [
     "check_port",
     "check_role",
     "check_token_id",
+    "decode_announce_body",
     "decode_node",
     "decode_registrar",
+    "encode_announce_body",
     "encode_node",
     "encode_registrar",
     "instance_name",
     "new_token",
+    "parse_json_object",
     "parse_token",
     "token_key",
     "verify",

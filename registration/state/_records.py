@@ -32,6 +32,7 @@ class Source(enum.StrEnum):
 
     MDNS = "mdns"  # browsed on the LAN; present until its goodbye (or the daemon restarts)
     MANUAL = "manual"  # `autoreg register`: present until forgotten
+    UNICAST = "unicast"  # posted to the HTTPS endpoint, signed; present while its lease lasts
 
 
 def new_generation() -> str:

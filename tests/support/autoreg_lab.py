@@ -296,10 +296,12 @@ class AutoregLab:
         cluster: str | None = None,
         node_role: str | None = None,
         node_id: str | None = None,
+        lab: Lab | None = None,
     ) -> Station:
-        """A registrar host; with ``node_role`` it is a node too (e.g. a CC)."""
+        """A registrar host; with ``node_role`` it is a node too (e.g. a CC); ``lab`` puts
+        it on another network."""
         station = self._station(
-            name, node_role, cluster, with_sshd=node_role is not None, node_id=node_id
+            name, node_role, cluster, with_sshd=node_role is not None, node_id=node_id, lab=lab
         )
         station.registrar_role = role
         station.write_config()

@@ -20,8 +20,9 @@ both are killed by PID and process group when the lab closes, even if a test fai
 
 The generated ``avahi-daemon.conf`` makes it a quiet responder on ``eth0`` only, IPv4
 only, with a host name unique on the lab network (``avahi-<host>``), no workstation or
-HINFO records, no wide-area, no reflector, and ``disallow-other-stacks=no`` so that
-python-zeroconf may share UDP port 5353 with it.
+HINFO records, no wide-area, no reflector (unless asked for: ``reflector=True``, on
+every interface of a router), and ``disallow-other-stacks=no`` so that python-zeroconf
+may share UDP port 5353 with it.
 
 Processes that must use this avahi get :attr:`Avahi.env` (``DBUS_SYSTEM_BUS_ADDRESS``):
 ``use_avahi()`` puts it into a :class:`~support.autoreg_lab.Station`'s ``env``;
@@ -110,7 +111,7 @@ publish-aaaa-on-ipv4=no
 publish-a-on-ipv6=no
 
 [reflector]
-enable-reflector=no
+enable-reflector={reflector}
 """
 
 
@@ -406,8 +407,19 @@ class Avahi:
         )
 
 
-def start_avahi(host: Host, *, start_daemon: bool = True, timeout: float = READY_TIMEOUT) -> Avahi:
-    """Start a private system bus on ``host`` and (by default) avahi-daemon on it."""
+def start_avahi(
+    host: Host,
+    *,
+    start_daemon: bool = True,
+    timeout: float = READY_TIMEOUT,
+    reflector: bool = False,
+) -> Avahi:
+    """Start a private system bus on ``host`` and (by default) avahi-daemon on it.
+
+    ``reflector``: the spec's "reflector proxy" on a router: avahi-daemon on every
+    interface of the host (``eth0`` and those ``Lab.attach`` added) with
+    ``enable-reflector=yes``, so mDNS heard on one network is repeated on the others.
+    """
     require_avahi()
     busdir = host.workdir / "dbus"
     busdir.mkdir(parents=True, exist_ok=True)
@@ -417,7 +429,14 @@ def start_avahi(host: Host, *, start_daemon: bool = True, timeout: float = READY
     bus_conf.write_text(_DBUS_CONFIG.format(socket=socket_path))
     host_name = "avahi-" + re.sub(r"[^A-Za-z0-9-]", "-", host.name)
     avahi_conf = host.workdir / "avahi-daemon.conf"
-    avahi_conf.write_text(_AVAHI_CONFIG.format(host_name=host_name, ifname=host.ifname))
+    interfaces = [host.ifname, *host.extra_interfaces] if reflector else [host.ifname]
+    avahi_conf.write_text(
+        _AVAHI_CONFIG.format(
+            host_name=host_name,
+            ifname=",".join(interfaces),
+            reflector="yes" if reflector else "no",
+        )
+    )
     avahi = Avahi(
         host=host,
         host_name=host_name,

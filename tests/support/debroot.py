@@ -38,6 +38,7 @@ BASE_PACKAGES: Final = (
     "openssh-server",
     "openssh-client",
     "python3",
+    "python3-aiohttp",
     "python3-click",
     "python3-cryptography",
     "python3-jinja2",
