@@ -24,7 +24,8 @@ async def test_a_batch_the_store_refused_is_stored_once_it_can(tmp_path: Path) -
 
         store.ingest_many = unavailable_once  # type: ignore[method-assign]
         for i in range(5):
-            h.network.announce(announcement(f"cc{i:06d}", "cc", f"c{i:04d}", ip=f"198.18.1.{i + 2}"))
+            ip = f"198.18.1.{i + 2}"
+            h.network.announce(announcement(f"cc{i:06d}", "cc", f"c{i:04d}", ip=ip))
         await until(lambda: len(h.daemon.reconciler.index) == 5, "all five stored", timeout=10)
         assert refused and refused[0] >= 1
         for i in range(5):
