@@ -17,6 +17,7 @@ from ._contract import GLOBAL_SCOPE, StateStore
 from ._etcd import EtcdStore
 from ._etcd_base import FENCE_MARGIN
 from ._etcd_io import EtcdUnavailable, LeaseLost
+from ._etcd_migrate import Migrated, migrate_to_etcd
 from ._ingest import PINNED, Absorbed, absorb
 from ._machine import (
     TRAITS,
@@ -66,6 +67,7 @@ __all__ = [
     "IllegalTransition",
     "LeaseLost",
     "LostRace",
+    "Migrated",
     "NodeRecord",
     "NodeState",
     "Note",
@@ -81,6 +83,7 @@ __all__ = [
     "cli_origin",
     "is_settled",
     "mermaid_diagram",
+    "migrate_to_etcd",
     "open_store",
 ]
 
