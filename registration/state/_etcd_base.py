@@ -47,6 +47,7 @@ class Lease:
     lease_id: int
     ttl: float
     valid_until: float  # time.monotonic(): it cannot have expired before this
+    lost: bool = False  # etcd said it is gone: nothing acts under it any more
 
     @property
     def left(self) -> float:
@@ -113,8 +114,9 @@ class EtcdBase:
         with self._lease_lock:
             leases, self.leases = list(self.leases.values()), {}
         for lease in leases:
-            with contextlib.suppress(StateError):  # it expires by itself
-                self.io.revoke(lease.lease_id)
+            if not lease.lost:
+                with contextlib.suppress(StateError):  # it expires by itself
+                    self.io.revoke(lease.lease_id)
 
     # -- the write loop ------------------------------------------------------------------
 
@@ -154,6 +156,9 @@ class EtcdBase:
                     return result
                 except Conflict:
                     last = None
+                except LeaseLost as exc:  # a claim put under a lease that is gone
+                    self._check_leases(tx.leases)
+                    last = exc
                 except Compacted as exc:
                     last = exc
                 except EtcdUnavailable as exc:
@@ -171,6 +176,13 @@ class EtcdBase:
             raise last
         raise StateError(f"etcd {self.location}: {what}: gave up after {MAX_ATTEMPTS} "
                          "conflicting attempts (other writers)")  # fmt: skip
+
+    def _check_leases(self, used: set[int]) -> None:
+        """A write under one of ``used`` was refused: mark the leases that are gone."""
+        for owner, lease in list(self.leases.items()):
+            if lease.lease_id in used:
+                with contextlib.suppress(LeaseLost, StateError):
+                    self.keepalive(owner)
 
     def _applied(self, uncertain: list[tuple[Marker, T]]) -> tuple[T] | None:
         for marker, result in uncertain:
@@ -407,6 +419,8 @@ class EtcdBase:
         """
         with self._lease_lock:
             lease = self.leases.get(owner)
+            if lease is not None and lease.lost:
+                raise LeaseLost(f"the etcd lease of {owner} expired: not acting under it")
             if lease is None:
                 if not grant:
                     return None
@@ -415,8 +429,13 @@ class EtcdBase:
                 lease = Lease(self.io.grant(ttl), ttl, sent + ttl)
                 self.leases[owner] = lease
                 return lease
-            if lease.left < lease.ttl / 2:
-                self.keepalive(owner)  # nobody kept it alive lately: do it now
+            if lease.left < lease.ttl / 2:  # nobody kept it alive lately: do it now
+                try:
+                    self.keepalive(owner)
+                except LeaseLost:
+                    raise
+                except StateError:
+                    pass  # unreachable: what it is still certainly valid for decides
             if lease.left < FENCE_MARGIN:
                 raise LeaseLost(
                     f"the etcd lease of {owner} may run out in {max(0.0, lease.left):.1f}s "
@@ -425,17 +444,19 @@ class EtcdBase:
             return lease
 
     def keepalive(self, owner: str) -> Lease:
-        """Renew ``owner``'s lease: :class:`LeaseLost` if it is gone (a new one is then
-        granted by the next :meth:`lease_for`)."""
+        """Renew ``owner``'s lease: :class:`LeaseLost` if it is gone (and stays so until
+        ``lock_registrar`` replaces it: nothing acts under a lost lease meanwhile)."""
         with self._lease_lock:
             lease = self.leases.get(owner)
             if lease is None:
                 raise LeaseLost(f"{owner} holds no etcd lease")
+            if lease.lost:
+                raise LeaseLost(f"the etcd lease of {owner} expired")
             sent = time.monotonic()
             try:
                 ttl = self.io.keepalive(lease.lease_id)
             except LeaseLost:
-                del self.leases[owner]
+                lease.lost = True
                 raise
             lease.ttl = float(ttl)
             lease.valid_until = max(lease.valid_until, sent + ttl)
@@ -444,7 +465,7 @@ class EtcdBase:
     def revoke(self, owner: str) -> None:
         with self._lease_lock:
             lease = self.leases.pop(owner, None)
-        if lease is not None:
+        if lease is not None and not lease.lost:
             self.io.revoke(lease.lease_id)
 
 

@@ -230,6 +230,11 @@ class Txn:
         self._writes[key] = (value, lease)
         self._bytes += len(key) + len(value)
 
+    @property
+    def leases(self) -> set[int]:
+        """The leases this transaction's writes are attached to."""
+        return {w[1] for w in self._writes.values() if w is not None and w[1]}
+
     def delete(self, key: bytes) -> None:
         self._writes[key] = None
         self._bytes += len(key)
