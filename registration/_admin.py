@@ -40,6 +40,7 @@ from .state import (
     SqliteStore,
     StateStore,
     cli_origin,
+    etcd_overview,
     is_settled,
     migrate_to_etcd,
     open_store,
@@ -234,6 +235,8 @@ async def status_report(config: Config) -> dict[str, Any]:
             report["trust"] = await trust_report(config, store)
     except StateError as exc:
         report["state_error"] = str(exc)
+        if config.store == "etcd":  # what each member says, even without a quorum
+            report["store"] = await etcd_overview(config.etcd)
     key = config.controller_key.with_name(config.controller_key.name + ".pub")
     report["controller_key"] = read_public_key(key).fingerprint if key.exists() else None
     return report

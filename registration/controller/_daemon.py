@@ -370,8 +370,9 @@ class Daemon:
                 await self._recon_task
         if self._registrations is not None:
             self._registrations.interrupt()
-        await self._log_event(f"registrar fenced: {reason}; not acting until etcd answers")
         self._write_status()
+        # in the background: etcd may not take it for a while (it is why we are fenced)
+        self._spawn(self._log_event(f"registrar fenced: {reason}; not acting until etcd answers"))
 
     async def _restore(self) -> None:
         """Etcd answers again: recover what this registrar left behind, reload, go on."""
@@ -384,8 +385,8 @@ class Daemon:
         await recon.load()
         self._recon_task = asyncio.ensure_future(recon.run())
         self._tasks.append(self._recon_task)
-        await self._log_event("registrar acts again: etcd answers, its lease holds")
         self._write_status()
+        self._spawn(self._log_event("registrar acts again: etcd answers, its lease holds"))
 
     async def _take_over(self, *, own: bool = False) -> None:
         """Nodes left registering by a registrar whose lease ended (``own``: this one's

@@ -14,7 +14,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from ._contract import GLOBAL_SCOPE, StateStore
-from ._etcd import EtcdStore
+from ._etcd import EtcdStore, etcd_overview
 from ._etcd_base import FENCE_MARGIN
 from ._etcd_io import EtcdUnavailable, LeaseLost
 from ._etcd_migrate import Migrated, migrate_to_etcd
@@ -81,6 +81,7 @@ __all__ = [
     "absorb",
     "apply_change",
     "cli_origin",
+    "etcd_overview",
     "is_settled",
     "mermaid_diagram",
     "migrate_to_etcd",

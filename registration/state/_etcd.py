@@ -51,7 +51,7 @@ from ._records import (
     Window,
 )
 
-__all__ = ["EtcdStore"]
+__all__ = ["EtcdStore", "etcd_overview"]
 
 log = logging.getLogger(__name__)
 
@@ -254,12 +254,7 @@ class EtcdStore:
         return 0 if raw is None else self._db._layout(raw)
 
     async def info(self) -> dict[str, Any]:
-        return {
-            "backend": "etcd",
-            "endpoints": list(self._db.settings.endpoints),
-            "prefix": self._db.settings.prefix,
-            "members": await self._run(self._db.io.health),
-        }
+        return await etcd_overview(self._db.settings)
 
     # -- nodes ---------------------------------------------------------------------------
 
@@ -464,6 +459,19 @@ class EtcdStore:
 
     async def remove_tunnel(self, node_id: str) -> bool:
         return await self._run(self._db.remove_tunnel, node_id)
+
+
+async def etcd_overview(settings: EtcdConfig) -> dict[str, Any]:
+    """The cluster as its members see it (answers without a quorum, unlike the store)."""
+    from ._etcd_io import EtcdIO
+
+    io = await asyncio.to_thread(EtcdIO, settings)
+    return {
+        "backend": "etcd",
+        "endpoints": list(settings.endpoints),
+        "prefix": settings.prefix,
+        "members": await asyncio.to_thread(io.health),
+    }
 
 
 async def _follow(target: Callable[..., None], *args: Any) -> AsyncIterator[Any]:
