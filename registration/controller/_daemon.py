@@ -523,10 +523,11 @@ class Daemon:
             await asyncio.sleep(PRUNE_INTERVAL)
 
     async def _renew_claims(self) -> None:
-        """Keep this registrar's claims alive while it works on them."""
+        """Keep this registrar's claims alive while it works on them (a shared store's
+        claims hang on the registrar's lease: the lease keeper renews that)."""
         while True:
             await asyncio.sleep(CLAIM_LEASE / 3)
-            if self.reconciler.in_flight:
+            if self.reconciler.in_flight and self._keeper is None:
                 try:
                     await self.store.renew_claims(self.owner, CLAIM_LEASE)
                 except AutoregError as exc:
