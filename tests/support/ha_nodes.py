@@ -7,7 +7,8 @@ Run by :mod:`halab` inside the lab's node-farm namespace:
 SPEC: ``{"config": PATH, "nodes": [{"id", "address", "host_key", "receipt"}, …]}``.
 Each node's configuration is the shared file plus its own values, as ``autoreg
 announce --id … --address … --host-key … --receipt …`` would build it.  Prints
-``{"started": N}`` once every announcer runs; SIGTERM stops them (goodbyes sent).
+``{"started": N, "at": T}`` (``T``: ``time.time()`` right before the announcers
+start); SIGTERM stops them (goodbyes sent).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ async def run(spec: dict[str, Any]) -> int:
         }
         configs.append(load_config(base, env={}, overrides=overrides))
     if not configs:
-        print(json.dumps({"started": 0}), flush=True)
+        print(json.dumps({"started": 0, "at": time.time()}), flush=True)
         return 0
     transport = create_transport(configs[0], bind=configs[0].node.address)
     await transport.start()
@@ -47,8 +49,9 @@ async def run(spec: dict[str, Any]) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    at = time.time()
     tasks = [asyncio.ensure_future(a.run()) for a in announcers]
-    print(json.dumps({"started": len(tasks)}), flush=True)
+    print(json.dumps({"started": len(tasks), "at": at}), flush=True)
     try:
         await stop.wait()
     finally:

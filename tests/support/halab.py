@@ -129,12 +129,24 @@ class HookRun:
 class Scenario:
     """One test's store (a prefix), registrars and nodes, on the shared :class:`HALab`."""
 
-    def __init__(self, ha: HALab, name: str, *, resume: bool = False) -> None:
+    def __init__(
+        self,
+        ha: HALab,
+        name: str,
+        *,
+        resume: bool = False,
+        lease_ttl: float = LEASE_TTL,
+        etcd_timeout: float = 1.0,
+        controller: dict[str, str] | None = None,
+    ) -> None:
         self.ha = ha
         self.name = name
         self.prefix = f"/{name}-{secrets.token_hex(3)}/"
-        self.settings = etcd_settings(ha.cluster, self.prefix, timeout=1.0, lease_ttl=LEASE_TTL)
+        self.lease_ttl, self.etcd_timeout = lease_ttl, etcd_timeout
+        self.settings = etcd_settings(ha.cluster, self.prefix, timeout=etcd_timeout,
+                                      lease_ttl=lease_ttl)  # fmt: skip
         self.resume = resume
+        self.controller = controller or {}
         self.dir = ha.lab.workdir / "scenarios" / f"{name}-{secrets.token_hex(2)}"
         self.dir.mkdir(parents=True)
         self.hook_log = self.dir / "hook.log"
@@ -142,6 +154,7 @@ class Scenario:
         self.registrars: dict[str, Station] = {}
         self.node_ids: list[str] = []
         self.publishers: list[Proc] = []
+        self.announced_at: list[float] = []  # when each publisher's announcers started
         self._store: RemoteStore | None = None
 
     # -- registrars ------------------------------------------------------------------
@@ -156,14 +169,15 @@ class Scenario:
                 "etcd_cert": str(tls.cert),
                 "etcd_key": str(tls.key),
                 "etcd_prefix": self.prefix,
-                "etcd_timeout": "1",
-                "etcd_lease_ttl": str(LEASE_TTL),
+                "etcd_timeout": f"{self.etcd_timeout:g}",
+                "etcd_lease_ttl": f"{self.lease_ttl:g}",
             },
             f"role:{ROLE}": {"registered_by": REGISTRAR_ROLE, "unique": "none"},
             "controller": {
                 "resume_interrupted": "yes" if self.resume else "no",
                 "hook_timeout": "60",
                 "max_attempts": "5",
+                **self.controller,
             },
         }
 
@@ -208,7 +222,8 @@ class Scenario:
             [sys.executable, str(SUPPORT / "ha_nodes.py"), str(spec)],
             log_name=f"announce-{self.name}-{first}",
         )
-        proc.wait_for_log(r'^\{"started": \d+\}$', 60)
+        line = proc.wait_for_log(r'^\{"started": \d+, "at": [0-9.]+\}$', 60 + 0.05 * count)
+        self.announced_at.append(json.loads(line.group(0))["at"])
         self.publishers.append(proc)
         self.node_ids += ids
         return ids
