@@ -143,7 +143,8 @@ class LeaseKeeper:
                 continue  # the next keep-alive says how long the new lease holds
             except AutoregError as exc:
                 self._why = f"etcd does not answer: {exc}"
-                await asyncio.sleep(min(self.interval, 1.0))
+                left = self.valid_until - FENCE_MARGIN - time.monotonic()
+                await asyncio.sleep(min(self.interval, 1.0, left) if left > 0 else 1.0)
                 continue
             if standing.valid_until is not None:
                 self.valid_until = standing.valid_until

@@ -43,10 +43,19 @@ def scenario(ha: HALab, request: pytest.FixtureRequest) -> Iterator[Scenario]:
         s.close()
 
 
-def once_each(s: Scenario) -> None:
-    """Every node's hook ran to its end exactly once."""
-    completed = s.completed()
-    assert {n: len(r) for n, r in completed.items() if len(r) != 1} == {}
+def once_each(s: Scenario, *, killed: float | None = None) -> None:
+    """Every node's hook ran to its end exactly once; with ``killed`` (when a registrar
+    was killed, under ``resume_interrupted = yes``) a second, resumed run is allowed
+    for a node whose first run ended before the kill but was not recorded yet: what
+    the crash-recovery policy documents (the hook sees AUTOREG_RESUMED=1)."""
+    wrong = {}
+    for node_id, runs in s.completed().items():
+        twice_ok = (
+            killed is not None and len(runs) == 2 and runs[0].at < killed and runs[1].resumed
+        )
+        if len(runs) != 1 and not twice_ok:
+            wrong[node_id] = runs
+    assert wrong == {}
 
 
 def test_two_registrars_register_thirty_nodes_exactly_once(scenario: Scenario) -> None:
@@ -88,7 +97,7 @@ def test_kill_9_of_the_claim_holder_mid_hook_the_other_takes_over(scenario: Scen
     assert killed + LEASE_TTL - interval - 0.5 <= first_takeover <= killed + LEASE_TTL + 8, (
         first_takeover - killed
     )
-    once_each(scenario)
+    once_each(scenario, killed=killed)
     assert {r.node_id for r in resumed} <= set(held)
     events = scenario.store.events()
     taken = [e for e in events if e.kind in ("interrupted", "recovered") and e.node_id in held]

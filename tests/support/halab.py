@@ -40,6 +40,7 @@ from .etcdlab import EtcdCluster
 from .netlab import Host, Lab, Proc
 from .netns import inside
 from .stores import etcd_settings
+from .sync_store import SyncStore
 
 __all__ = ["HALab", "HookRun", "RemoteStore", "Scenario", "node_address"]
 
@@ -117,6 +118,27 @@ class RemoteStore:
         self._loop.close()
 
 
+class SqliteView:
+    """The same reads as :class:`RemoteStore`, on a registrar's sqlite file."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+
+    def nodes(self) -> dict[str, NodeRecord]:
+        if not self.db.exists():
+            return {}
+        with SyncStore(self.db, readonly=True) as store:
+            return {r.node_id: r for r in store.nodes()}
+
+    def events(self, node_id: str | None = None) -> list[Event]:
+        with SyncStore(self.db, readonly=True) as store:
+            found: list[Event] = store.events(node_id=node_id, limit=100_000)
+            return found
+
+    def close(self) -> None:
+        pass
+
+
 @dataclasses.dataclass(frozen=True)
 class HookRun:
     what: str  # start | end | term
@@ -155,7 +177,7 @@ class Scenario:
         self.node_ids: list[str] = []
         self.publishers: list[Proc] = []
         self.announced_at: list[float] = []  # when each publisher's announcers started
-        self._store: RemoteStore | None = None
+        self._store: RemoteStore | SqliteView | None = None
 
     # -- registrars ------------------------------------------------------------------
 
@@ -230,8 +252,12 @@ class Scenario:
 
     # -- what happened -------------------------------------------------------------------
 
+    def use_sqlite(self, station: Station) -> None:
+        """Read ``station``'s sqlite store instead (a registrar with ``store = sqlite``)."""
+        self._store = SqliteView(station.state_dir / "autoreg.db")
+
     @property
-    def store(self) -> RemoteStore:
+    def store(self) -> RemoteStore | SqliteView:
         if self._store is None:
             self._store = RemoteStore(
                 self.ha.client, lambda: EtcdStore.open(self.settings, origin="test", readonly=True)
