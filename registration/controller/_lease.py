@@ -96,7 +96,9 @@ class LeaseKeeper:
         self._restore_cb = restore
         self._take_over_cb = take_over
         self.interval = max(0.5, (ttl - FENCE_MARGIN) / 3)
-        self.valid_until = time.monotonic() + ttl - 1.0  # lock_registrar just granted it
+        # lock_registrar granted the lease a moment ago; the first keep-alive, at once,
+        # says exactly how long it holds
+        self.valid_until = time.monotonic() + ttl - 0.5
         self.lease: str | None = None
         self.fenced: str | None = None
         self.fenced_since: float | None = None
