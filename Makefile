@@ -40,6 +40,8 @@ test-debian: bootstrap-debian
 		tests/protocol tests/config tests/state tests/controller tests/node tests/media \
 		tests/docs tests/integration/test_core_loop.py \
 		-k "not uniqueness and not failing_hook"
+	$(VENV_DEBIAN)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS) \
+		tests/integration/test_etcd_ha.py -k "thirty or kill_9"
 
 test: lint test-pypi test-debian
 

@@ -34,11 +34,16 @@ from .state import (
     WATCH_INTERVAL,
     Change,
     LostRace,
+    Migrated,
     NodeRecord,
     NodeState,
     Source,
+    SqliteStore,
     StateStore,
+    cli_origin,
+    etcd_overview,
     is_settled,
+    migrate_to_etcd,
     open_store,
 )
 
@@ -48,6 +53,7 @@ __all__ = [
     "daemon_status",
     "forget_node",
     "manual_register",
+    "migrate_store",
     "retry_node",
     "set_lockdown",
     "status_report",
@@ -190,7 +196,7 @@ async def wait_settled(store: StateStore, node_id: str, *, timeout: float) -> No
 
 async def wait_for_store(config: Config, *, deadline: float | None) -> None:
     """Wait until the state database exists (a daemon is starting), up to ``deadline``."""
-    while not config.db_path.exists():
+    while config.store == "sqlite" and not config.db_path.exists():
         if deadline is not None and time.monotonic() >= deadline:
             raise StateError(f"{config.db_path}: no state database (has the daemon run yet?)")
         await asyncio.sleep(WATCH_INTERVAL)
@@ -226,13 +232,33 @@ async def status_report(config: Config) -> dict[str, Any]:
             report["nodes"] = counts
             report["lockdown"] = await store.lockdown()
             report["schema_version"] = await store.schema_version()
-            report["store"] = {"backend": store.backend, "location": store.location}
+            report["store"] = {"location": store.location, **await store.info()}
+            report["registrars"] = await store.registrars()
             report["trust"] = await trust_report(config, store)
     except StateError as exc:
         report["state_error"] = str(exc)
+        if config.store == "etcd":  # what each member says, even without a quorum
+            report["store"] = await etcd_overview(config.etcd)
     key = config.controller_key.with_name(config.controller_key.name + ".pub")
     report["controller_key"] = read_public_key(key).fingerprint if key.exists() else None
     return report
+
+
+async def migrate_store(config: Config) -> Migrated:
+    """``store migrate --to etcd``: this host's sqlite store copied into the etcd cluster
+    of the [autoreg] etcd_* settings (its daemon must be stopped)."""
+    if not config.etcd.endpoints:
+        raise ConfigError(
+            "no etcd cluster to copy to: set [autoreg] etcd_endpoints (and etcd_ca, "
+            "etcd_cert, etcd_key for TLS), or give --endpoints"
+        )
+    if not config.db_path.exists():
+        raise StateError(f"{config.db_path}: no sqlite store to copy")
+    source = await SqliteStore.open(config.db_path, origin=cli_origin())
+    try:
+        return await migrate_to_etcd(source, config.etcd, origin=cli_origin())
+    finally:
+        await source.close()
 
 
 async def build_medium(

@@ -34,12 +34,16 @@ __all__ = [
     "CallbackConfig",
     "Config",
     "ControllerConfig",
+    "EtcdConfig",
     "NodeConfig",
     "ProxyConfig",
     "load_config",
 ]
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/autoreg/autoreg.conf")
+#: Where the state lives: an embedded sqlite file, or an etcd cluster several
+#: registrars share (docs/admin.md, "Several registrars").
+STORES: Final = ("sqlite", "etcd")
 #: How a registrar trusts announcements (docs/security.md): signed ones only, every
 #: node after an approval, or every well-formed one.
 TRUST_POLICIES: Final = ("token", "approve", "open")
@@ -52,6 +56,8 @@ ENV_OVERRIDES: Final[Mapping[str, str]] = {
     "AUTOREG_INTERFACES": "autoreg.interfaces",
     "AUTOREG_PROFILE": "autoreg.profile",
     "AUTOREG_TRANSPORT": "autoreg.transport",
+    "AUTOREG_STORE": "autoreg.store",
+    "AUTOREG_ETCD_ENDPOINTS": "autoreg.etcd_endpoints",
     "AUTOREG_HOOKS_DIR": "controller.hooks_dir",
     "AUTOREG_TOKEN": "node.token",
 }
@@ -130,6 +136,25 @@ class ControllerConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class EtcdConfig:
+    """The etcd cluster of ``[autoreg] store = etcd`` (and the target of ``store migrate``).
+
+    ``endpoints`` are client URLs (``https://host:2379``); ``ca`` is the CA that signs
+    the members' certificates, ``cert``/``key`` this host's client certificate (etcd's
+    ``--client-cert-auth``).  Every key lives below ``prefix``.  ``timeout`` bounds each
+    request to one member; ``lease_ttl`` is the registrar lease that its claims hang on.
+    """
+
+    endpoints: tuple[str, ...] = ()
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    prefix: str = "/autoreg/"
+    timeout: float = 3.0
+    lease_ttl: float = 15.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class CallbackConfig:
     """The node's callback service (``autoreg callback``): a reverse SSH tunnel home.
 
@@ -174,6 +199,8 @@ class Config:
     interfaces: tuple[str, ...] = ()
     profile_ref: str = "eucalyptus"
     transport: str = "auto"
+    store: str = "sqlite"
+    etcd: EtcdConfig = dataclasses.field(default_factory=EtcdConfig)
     node: NodeConfig = dataclasses.field(default_factory=NodeConfig)
     controller: ControllerConfig = dataclasses.field(default_factory=ControllerConfig)
     callback: CallbackConfig = dataclasses.field(default_factory=CallbackConfig)
@@ -260,6 +287,68 @@ def _transport(value: str) -> str:
     return lowered
 
 
+def _store(value: str) -> str:
+    lowered = value.strip().lower()
+    if lowered not in STORES:
+        raise ValueError("want " + " or ".join(STORES))
+    return lowered
+
+
+def _endpoints(value: str) -> tuple[str, ...]:
+    """``https://host:2379`` URLs (port 2379 when left out), normalised."""
+    out = []
+    for word in _words(value):
+        scheme, sep, rest = word.partition("://")
+        if not sep or scheme.lower() not in ("http", "https"):
+            raise ValueError(f"{word!r}: want a URL such as https://etcd1.example:2379")
+        hostport = rest.rstrip("/")
+        if "/" in hostport or "@" in hostport or "?" in hostport or "#" in hostport:
+            raise ValueError(f"{word!r}: a client URL has no path, user or query")
+        if hostport.startswith("["):  # [IPv6]:port
+            host, _, tail = hostport[1:].partition("]")
+            port = tail.removeprefix(":") or "2379"
+            ipaddress.IPv6Address(host)  # ValueError names it
+            host = f"[{host}]"
+        else:
+            host, _, port = hostport.partition(":")
+            port = port or "2379"
+        plain = host.strip("[]").replace(":", "") if host.startswith("[") else host
+        if not plain or not all(c.isascii() and (c.isalnum() or c in ".-") for c in plain):
+            raise ValueError(f"{word!r}: no usable host name")
+        try:
+            number = _port(port)
+        except ValueError as exc:
+            raise ValueError(f"{word!r}: port {port!r} {exc}") from exc
+        out.append(f"{scheme.lower()}://{host}:{number}")
+    if not out:
+        raise ValueError("want at least one URL, e.g. https://etcd1.example:2379")
+    return tuple(out)
+
+
+def _etcd_prefix(value: str) -> str:
+    prefix = value.strip()
+    if not (prefix.startswith("/") and prefix.endswith("/")) or len(prefix) > 200:
+        raise ValueError("want a key prefix such as /autoreg/ (starts and ends with /)")
+    if not all(33 <= ord(c) < 127 for c in prefix):
+        raise ValueError("printable ASCII only, no spaces")
+    return prefix
+
+
+def _lease_ttl(value: str) -> float:
+    seconds = parse_duration(value)
+    if not 10 <= seconds <= 3600:
+        raise ValueError("want 10 s to 1 h (a registrar that loses etcd stops acting "
+                         "6 s before its lease can run out)")
+    return seconds
+
+
+def _etcd_timeout(value: str) -> float:
+    seconds = _positive_float(value)
+    if seconds > 60:
+        raise ValueError("at most 60 s")
+    return seconds
+
+
 def _trust(value: str) -> str:
     lowered = value.strip().lower()
     if lowered not in TRUST_POLICIES:
@@ -299,6 +388,14 @@ _SCHEMA: Final[Mapping[str, Mapping[str, tuple[str, Parser]]]] = {
         "interfaces": ("interfaces", _words),
         "profile": ("profile_ref", str.strip),
         "transport": ("transport", _transport),
+        "store": ("store", _store),
+        "etcd_endpoints": ("etcd_endpoints", _endpoints),
+        "etcd_ca": ("etcd_ca", _opt_path),
+        "etcd_cert": ("etcd_cert", _opt_path),
+        "etcd_key": ("etcd_key", _opt_path),
+        "etcd_prefix": ("etcd_prefix", _etcd_prefix),
+        "etcd_timeout": ("etcd_timeout", _etcd_timeout),
+        "etcd_lease_ttl": ("etcd_lease_ttl", _lease_ttl),
     },
     "node": {
         "role": ("role", _opt_str),
@@ -463,6 +560,9 @@ def _build(
             except ValueError as exc:
                 raise ConfigError(f"{key} = {raw!r}: {exc}", source=source) from exc
     top = parsed["autoreg"]
+    etcd = EtcdConfig(
+        **{k.removeprefix("etcd_"): top.pop(k) for k in list(top) if k.startswith("etcd_")}
+    )
     profile = load_profile(
         top.get("profile_ref", "eucalyptus"),
         {s: v for s, v in role_sections.items() if s.startswith(ROLE_SECTION_PREFIX)},
@@ -482,6 +582,7 @@ def _build(
         callback=callback,
         proxies=proxies,
         profile=profile,
+        etcd=etcd,
         **top,
     )
     sources = {f"{s}.{k}": where for s, keys in values.items() for k, (_, where) in keys.items()}
@@ -575,8 +676,32 @@ def _cross_check(config: Config, sources: Mapping[str, str] | None = None) -> No
             f"{', '.join(config.profile.registrar_roles())}",
             source=source("controller", "role"),
         )
+    _check_etcd(config, source)
     if config.controller.retry_initial > config.controller.retry_max:
         raise ConfigError("retry_initial is larger than retry_max", source=f"{where} [controller]")
+
+
+def _check_etcd(config: Config, source: Callable[[str, str], str]) -> None:
+    etcd = config.etcd
+    if config.store == "etcd" and not etcd.endpoints:
+        raise ConfigError(
+            "store = etcd needs etcd_endpoints (e.g. https://etcd1.example:2379, …)",
+            source=source("autoreg", "store"),
+        )
+    if (etcd.cert is None) != (etcd.key is None):
+        given, missing = ("etcd_cert", "etcd_key")
+        if etcd.cert is None:
+            given, missing = missing, given
+        raise ConfigError(
+            f"{given} without {missing}: a client certificate needs both",
+            source=source("autoreg", given),
+        )
+    plain = [e for e in etcd.endpoints if e.startswith("http://")]
+    if plain and (etcd.ca or etcd.cert):
+        raise ConfigError(
+            f"TLS options given but {plain[0]} is plain http: use https:// endpoints",
+            source=source("autoreg", "etcd_endpoints"),
+        )
 
 
 def _check_node_fields(config: Config, source: Callable[[str, str], str]) -> None:

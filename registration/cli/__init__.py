@@ -53,6 +53,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 _FLAG_OF: dict[str, str] = {
     "autoreg.state_dir": "--state-dir",
     "autoreg.interfaces": "--interface",
+    "autoreg.etcd_endpoints": "--endpoints",
     "controller.role": "--role",
     "controller.cluster": "--cluster",
     "controller.hooks_dir": "--hooks-dir",
@@ -477,9 +478,8 @@ def status(obj: _Ctx, as_json: bool) -> None:
         if node:
             running = "running" if node["running"] else "not running"
             click.echo(f"node: {escape_controls(str(node.get('line')))} (announcer {running})")
-        click.echo(f"state: {report['state_dir']} (schema {report.get('schema_version', '?')})")
-        if "state_error" in report:
-            click.echo(f"  {report['state_error']}")
+        for line in _store_lines(report):
+            click.echo(line)
         nodes = report.get("nodes") or {}
         click.echo("nodes: " + (", ".join(f"{v} {k}" for k, v in sorted(nodes.items())) or "none"))
         locks = [s for s, on in (report.get("lockdown") or {}).items() if on]
@@ -501,7 +501,63 @@ def status(obj: _Ctx, as_json: bool) -> None:
         click.echo(f"controller key: {report['controller_key'] or 'none (autoreg keys init)'}")
 
 
-from . import _media_cmds, _reach_cmds, _steer, _trust_cmds  # noqa: E402,F401  - they register on ``cli``
+def _store_lines(report: dict[str, Any]) -> list[str]:
+    """``status``: the store, this registrar's lease and the other registrars (etcd)."""
+    info = report.get("store") or {}
+    schema = report.get("schema_version", "?")
+    if info.get("backend") != "etcd":
+        lines = [f"state: {report['state_dir']} (sqlite, schema {schema})"]
+        if "state_error" in report:
+            lines.append(f"  {report['state_error']}")
+        return lines
+    lines = [f"state: etcd {' '.join(info['endpoints'])} prefix {info['prefix']} "
+             f"(layout {schema}); files in {report['state_dir']}"]  # fmt: skip
+    for member in info.get("members", []):
+        if "error" in member:
+            what = f"unreachable ({member['error']})"
+        elif not member.get("has_leader"):
+            what = f"up, no leader: no quorum here{_errors_text(member)}"
+        else:
+            role = "leader" if member.get("leader") else "follower"
+            size = member.get("db_size")
+            what = f"{role}, etcd {member.get('version')}" + (
+                f", db {size / 1048576:.1f} MiB" if isinstance(size, int) else ""
+            ) + _errors_text(member)
+        lines.append(f"  member {member['endpoint']}: {what}")
+    if "state_error" in report:
+        lines.append(f"  {report['state_error']}")
+    daemon_ = report.get("daemon") or {}
+    lease = daemon_.get("lease")
+    if lease:
+        state = f"FENCED: {lease['fenced']}" if lease.get("fenced") else "held"
+        lines.append(
+            f"this registrar's lease: {lease.get('lease') or '?'} (TTL {lease['ttl']:g} s), "
+            f"{state}, valid for {lease['valid_for']:g} s when written"
+        )
+    owner = daemon_.get("owner")
+    others = [r for r in report.get("registrars", []) if r.get("owner") != owner]
+    lines.append(f"other registrars: {len(others) or 'none seen'}")
+    for reg in others:
+        left = reg.get("ttl_left")
+        lines.append(
+            f"  {reg.get('owner')} on {reg.get('host', '?')} (pid {reg.get('pid', '?')}), "
+            f"lease {reg.get('lease', '?')}" + (f", {left} s left" if isinstance(left, int) else "")
+        )
+    return lines
+
+
+def _errors_text(member: dict[str, Any]) -> str:
+    errors = member.get("errors") or []
+    return f"; alarms: {', '.join(errors)}" if errors else ""
+
+
+from . import (  # noqa: E402,F401  - they register on ``cli``
+    _media_cmds,
+    _reach_cmds,
+    _steer,
+    _store_cmds,
+    _trust_cmds,
+)
 
 
 def main() -> None:

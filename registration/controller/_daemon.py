@@ -1,8 +1,9 @@
 """The registration daemon: browse → ingest → decide → verify → hook → record.
 
 The daemon wires the parts together and owns their lifecycle: the state store
-(one daemon per store: it takes the store's registrar lock first), crash
-recovery, the transport and its browser, the reconcile loop
+(one daemon per state directory: it takes the store's registrar lock first; a
+shared store, etcd, takes any number, each kept alive by ``_lease.LeaseKeeper``),
+crash recovery, the transport and its browser, the reconcile loop
 (``_reconciler.Reconciler``), the store's change feed, this registrar's own
 standing and announcement, and an orderly stop that records every hook it had
 to interrupt.  Everything runs on one event loop; SSH runs in a bounded thread
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
@@ -41,7 +43,6 @@ from ..protocol import (
 from ..state import (
     CLAIM_LEASE,
     GLOBAL_SCOPE,
-    Change,
     Event,
     NodeState,
     Source,
@@ -54,6 +55,7 @@ from ._dial import probe_capacity
 from ._hooks import KILL_GRACE
 from ._ingest import AddressPolicy
 from ._intake import Intake
+from ._lease import LeaseKeeper, recovery_change
 from ._reconciler import Reconciler
 from ._registration import ChangeFn, Registration, Registrations
 from ._rules import Registrar
@@ -119,6 +121,8 @@ class Daemon:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._recon: Reconciler | None = None
+        self._recon_task: asyncio.Task[None] | None = None
+        self._keeper: LeaseKeeper | None = None  # a shared store's lease (etcd)
         self._self_registered = True
         self._publication: Publication | None = None
         self._registrar_state = ""
@@ -189,19 +193,7 @@ class Daemon:
             controller=self.config.controller,
             clock=self._clock,
         )
-        if self._make_registrations is not None:
-            self._registrations = self._make_registrations(recon.change, self.owner, self._clock)
-        else:
-            self._registrations = Registration(
-                self.config,
-                store,
-                self._io,
-                self._private_key,
-                recon.change,
-                owner=self.owner,
-                clock=self._clock,
-            )
-        recon.registrations = self._registrations
+        recon.registrations = self._registrations = self._new_registrations()
         await self._recover()
         self._self_registered = await self._check_self_registered()
         await self._load_trust_default()
@@ -229,9 +221,20 @@ class Daemon:
         log.info("registrar %s started; browsing %s", self.role, NODE_SERVICE_TYPE)
         if self.trust == "open":
             log.warning("trust = open (%s): %s", self.trust_source, _OPEN_WARNING)
+        self._recon_task = asyncio.ensure_future(recon.run())
+        if store.shared:
+            self._keeper = LeaseKeeper(
+                store,
+                self.owner,
+                ttl=self.config.etcd.lease_ttl,
+                fence=self._fence,
+                restore=self._restore,
+                take_over=self._take_over,
+            )
         self._tasks = [
             asyncio.ensure_future(self._intake.run()),
-            asyncio.ensure_future(recon.run()),
+            self._recon_task,
+            *([asyncio.ensure_future(self._keeper.run())] if self._keeper else []),
             asyncio.ensure_future(self._prune_events()),
             asyncio.ensure_future(self._watch_store()),
             asyncio.ensure_future(self._watch_self()),
@@ -303,6 +306,20 @@ class Daemon:
             raise RuntimeError("daemon not started")
         return self._recon
 
+    def _new_registrations(self) -> Registrations:
+        recon = self.reconciler
+        if self._make_registrations is not None:
+            return self._make_registrations(recon.change, self.owner, self._clock)
+        return Registration(
+            self.config,
+            self.store,
+            self._io,
+            self._private_key,
+            recon.change,
+            owner=self.owner,
+            clock=self._clock,
+        )
+
     def _private_key(self) -> paramiko.PKey:
         if self._key is None:
             self._key = load_private_key(self.config.controller_key)
@@ -338,39 +355,67 @@ class Daemon:
         for rec in await self.store.reclaimable(self.owner):
             if rec.state is not NodeState.REGISTERING:
                 continue
-            change: dict[str, Any]
-            if not rec.hook_started:
-                change = {
-                    "to": NodeState.SEEN,
-                    "kind": "recovered",
-                    "reason": "the daemon restarted before the hook ran; starting over",
-                }
-            elif self.config.controller.resume_interrupted:
-                change = {
-                    "to": NodeState.SEEN,
-                    "kind": "interrupted",
-                    "reason": "the daemon stopped while the hook ran; resuming "
-                    "(resume_interrupted = yes)",
-                    "fields": {"resumed": True},
-                }
-            else:
-                change = {
-                    "to": NodeState.INTERRUPTED,
-                    "kind": "interrupted",
-                    "reason": "the daemon stopped while the hook was running, so it may or "
-                    "may not have registered the node; check it, then `autoreg retry "
-                    f"{rec.node_id}` (re-runs the hook with AUTOREG_RESUMED=1) or "
-                    f"`autoreg forget {rec.node_id}`",
-                }
             await self.store.change(
                 rec.node_id,
-                Change(
-                    expect=NodeState.REGISTERING,
-                    generation=rec.generation,
+                recovery_change(
+                    rec,
                     owner=self.owner,
-                    **change,
+                    resume=self.config.controller.resume_interrupted,
+                    why="the daemon stopped" if rec.hook_started else "the daemon restarted",
                 ),
             )
+
+    # -- a shared store: fenced, restored, taking over (``_lease``) ---------------------
+
+    async def _fence(self, reason: str) -> None:
+        """This registrar's lease may run out: stop deciding, terminate running hooks."""
+        if self._recon_task is not None:
+            self._recon_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._recon_task
+        if self._registrations is not None:
+            self._registrations.interrupt()
+        self._write_status()
+        # in the background: etcd may not take it for a while (it is why we are fenced)
+        self._spawn(self._log_event(f"registrar fenced: {reason}; not acting until etcd answers"))
+
+    async def _restore(self) -> None:
+        """Etcd answers again: recover what this registrar left behind, reload, go on."""
+        recon = self.reconciler
+        deadline = time.monotonic() + STOP_GRACE
+        while recon.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)  # the interrupted registrations record their outcome
+        await self._take_over(own=True)
+        recon.registrations = self._registrations = self._new_registrations()
+        await recon.load()
+        self._recon_task = asyncio.ensure_future(recon.run())
+        self._tasks.append(self._recon_task)
+        self._write_status()
+        self._spawn(self._log_event("registrar acts again: etcd answers, its lease holds"))
+
+    async def _take_over(self, *, own: bool = False) -> None:
+        """Nodes left registering by a registrar whose lease ended (``own``: this one's
+        too, once nothing of it runs any more): the crash-recovery policy."""
+        for rec in await self.store.reclaimable(self.owner):
+            mine = rec.claim_owner == self.owner
+            if rec.state is not NodeState.REGISTERING or (mine and not own):
+                continue
+            if mine and self.reconciler.pool.working(rec.node_id):
+                continue
+            who = "this registrar" if mine else f"registrar {rec.claim_owner}"
+            await self.reconciler.change(
+                rec,
+                recovery_change(
+                    rec,
+                    owner=self.owner,
+                    resume=self.config.controller.resume_interrupted,
+                    why=f"{who} lost its etcd lease",
+                ),
+            )
+
+    async def _log_event(self, message: str) -> None:
+        with contextlib.suppress(AutoregError):
+            await self.store.add_event(None, "daemon", message)
 
     async def _check_self_registered(self) -> bool:
         if not Registrar(self.role, self.cluster, self.config.profile).needs_self_registration:
@@ -483,10 +528,11 @@ class Daemon:
             await asyncio.sleep(PRUNE_INTERVAL)
 
     async def _renew_claims(self) -> None:
-        """Keep this registrar's claims alive while it works on them."""
+        """Keep this registrar's claims alive while it works on them (a shared store's
+        claims hang on the registrar's lease: the lease keeper renews that)."""
         while True:
             await asyncio.sleep(CLAIM_LEASE / 3)
-            if self.reconciler.in_flight:
+            if self.reconciler.in_flight and self._keeper is None:
                 try:
                     await self.store.renew_claims(self.owner, CLAIM_LEASE)
                 except AutoregError as exc:
@@ -570,6 +616,8 @@ class Daemon:
             "owner": self.owner,
             "transport": self._transport.name if self._transport else None,
             "store": self.store.backend,
+            "store_location": self.store.location,
+            "lease": self._keeper.status() if self._keeper is not None else None,
             "interfaces": list(self.config.interfaces),
             "self_registered": self._self_registered,
             "registrar_state": self._registrar_state or self._current_registrar_state(),

@@ -8,6 +8,10 @@ batches (``StateStore.ingest_many``: one transaction for up to BATCH_MAX items),
 so a rack booting at once costs a few commits, not one per node, and hands each
 record to the reconciler.
 
+A batch the store could not take (etcd without a quorum, say) goes back into the
+queue and is tried again with backoff: the browser delivers each announcement
+once, so dropping it would lose the node until it changed.
+
 Bounded: the queue holds one entry per announcing instance (news of an
 instance already queued replaces it) and at most QUEUE_MAX arrivals; beyond, an
 arrival is counted and dropped (the node announces again until it is registered:
@@ -53,6 +57,9 @@ BATCH_MAX: Final = 500
 QUEUE_MAX: Final = 20_000
 #: Seconds between events that say how many announcements were dropped.
 DROP_REPORT_INTERVAL: Final = 60.0
+#: Seconds before a batch the store refused is tried again: first, at most.
+RETRY_INITIAL: Final = 0.5
+RETRY_MAX: Final = 30.0
 
 
 _ADVICE: Final = {
@@ -294,6 +301,7 @@ class Intake:
 
     async def run(self) -> None:
         """Commit what is queued, a batch at a time, until cancelled."""
+        delay = RETRY_INITIAL
         while True:
             await self._ready.wait()
             self._ready.clear()
@@ -305,15 +313,29 @@ class Intake:
                     results = await self._store.ingest_many(items)
                 except AutoregError as exc:
                     log.warning(
-                        "could not store %d announcement(s): %s (their nodes announce again)",
+                        "could not store %d announcement(s): %s; trying again in %.1fs",
                         len(items),
                         exc,
+                        delay,
                     )
-                    results = [None] * len(items)
+                    self._put_back(keys, items)
+                    await asyncio.sleep(delay)
+                    delay = min(RETRY_MAX, delay * 2)
+                    continue
+                delay = RETRY_INITIAL
                 self.committed += len(items)
                 for item, result in zip(items, results, strict=True):
                     self._stored(item, result)
             self._idle.set()
+
+    def _put_back(
+        self, keys: list[tuple[Any, ...]], items: list[Arrival | Departure | Note]
+    ) -> None:
+        """A batch the store refused: queued again, unless newer news of its instance came."""
+        for key, item in zip(keys, items, strict=True):
+            if key not in self._queue:
+                self._queue[key] = item
+                self._arrivals += not isinstance(item, Departure)
 
     def _stored(
         self, item: Arrival | Departure | Note, result: Absorbed | NodeRecord | None

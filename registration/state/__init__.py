@@ -1,7 +1,8 @@
 """Persistent state behind one async contract: nodes, claims, presence, lockdown, events.
 
 ``StateStore`` (``_contract``) is what every layer uses; ``open_store`` picks the
-implementation (sqlite, embedded, is the default).  The node state machine
+implementation: sqlite, embedded, the default; or etcd, shared by several registrars
+(``[autoreg] store = etcd``).  The node state machine
 (``_machine``) and the ingestion rules (``_ingest``) are pure and shared by every
 implementation.
 """
@@ -13,6 +14,10 @@ import socket
 from typing import TYPE_CHECKING
 
 from ._contract import GLOBAL_SCOPE, StateStore
+from ._etcd import EtcdStore, etcd_overview
+from ._etcd_base import FENCE_MARGIN
+from ._etcd_io import EtcdUnavailable, LeaseLost
+from ._etcd_migrate import Migrated, migrate_to_etcd
 from ._ingest import PINNED, Absorbed, absorb
 from ._machine import (
     TRAITS,
@@ -32,6 +37,7 @@ from ._records import (
     NodeRecord,
     Note,
     Source,
+    Standing,
     Token,
     Tunnel,
     Window,
@@ -44,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLAIM_LEASE",
+    "FENCE_MARGIN",
     "GLOBAL_SCOPE",
     "PINNED",
     "SCHEMA_VERSION",
@@ -54,14 +61,19 @@ __all__ = [
     "Arrival",
     "Change",
     "Departure",
+    "EtcdStore",
+    "EtcdUnavailable",
     "Event",
     "IllegalTransition",
+    "LeaseLost",
     "LostRace",
+    "Migrated",
     "NodeRecord",
     "NodeState",
     "Note",
     "Source",
     "SqliteStore",
+    "Standing",
     "StateStore",
     "Token",
     "Tunnel",
@@ -69,8 +81,10 @@ __all__ = [
     "absorb",
     "apply_change",
     "cli_origin",
+    "etcd_overview",
     "is_settled",
     "mermaid_diagram",
+    "migrate_to_etcd",
     "open_store",
 ]
 
@@ -83,5 +97,10 @@ def cli_origin() -> str:
 async def open_store(
     config: Config, *, readonly: bool = False, origin: str | None = None
 ) -> StateStore:
-    """The configured state store, opened (and migrated, unless ``readonly``)."""
+    """The configured state store, opened (and migrated or created, unless ``readonly``)."""
+    if config.store == "etcd":
+        return await EtcdStore.open(
+            config.etcd, readonly=readonly, origin=origin or cli_origin(),
+            lock_dir=config.state_dir,
+        )  # fmt: skip
     return await SqliteStore.open(config.db_path, readonly=readonly, origin=origin or cli_origin())

@@ -2,23 +2,39 @@
 
 Every method is a coroutine; an implementation runs its blocking I/O on its own
 bounded executor, so callers simply ``await store.get(node_id)``.  sqlite
-(``_sqlite.SqliteStore``) is the embedded default; ``tests/state/test_contract.py``
-runs the same assertions against every implementation.
+(``_sqlite.SqliteStore``) is the embedded default, one daemon per store; etcd
+(``_etcd.EtcdStore``) is shared by any number of registrars.
+``tests/state/test_contract*.py`` run the same assertions against both.
+
+Registrars
+    :meth:`StateStore.lock_registrar` makes a daemon a registrar of the store.
+    sqlite: one per store (an exclusive ``flock``; a second one is refused with
+    ``AlreadyRunning``, and a restarted one knows every claim it finds is a dead
+    daemon's).  etcd (``shared``): any number, one per state directory, each with an
+    etcd lease of its own that :meth:`StateStore.keep_registrar` keeps alive and
+    whose loss (``LeaseLost``) means the registrar must stop acting;
+    :meth:`StateStore.registrars` lists them.
 
 Claims
     A registrar works on a node only while it holds the node's claim: moving a
     node into a claimed state (``registering``) takes the claim for ``owner`` with
     a lease, in the same compare-and-set as the state change (and, with
     ``Change.exclusive``, the uniqueness check); leaving that state releases it.
-    :meth:`StateStore.renew_claims` extends an owner's leases.  A claim whose lease
-    expired, or whose owner the store knows to be gone, may be taken over: that is
-    crash recovery (:meth:`StateStore.reclaimable`).
+    A claim whose lease expired, or whose owner the store knows to be gone, may be
+    taken over: that is crash recovery (:meth:`StateStore.reclaimable`).  sqlite: a
+    lease is a time in the row, extended by :meth:`StateStore.renew_claims`.  etcd:
+    the claim is a key attached to the owner's etcd lease: etcd deletes it when the
+    lease expires (:meth:`StateStore.watch_claims` says so), every step under the
+    claim writes it again with the owner's live lease (etcd refuses a step under a
+    lease that is gone: ``LostRace``), ``renew_claims`` renews the lease (its
+    duration is the configured TTL; a duration of 0 or less revokes it).
 
 Change notification
     :meth:`StateStore.watch` yields the events committed after a sequence number,
     by whichever process wrote them (each event names its ``origin``).  Every
     change another process makes (lockdown, retry, forget, a manual registration,
-    another registrar's result) is such an event.
+    another registrar's result) is such an event.  sqlite polls its table; etcd
+    follows a watch that resumes from its revision, so neither misses one.
 
 Batches
     A burst (a rack booting, a flood) is committed in few transactions:
@@ -46,6 +62,7 @@ from ._records import (
     NodeRecord,
     Note,
     Source,
+    Standing,
     Token,
     Tunnel,
     Window,
@@ -73,6 +90,15 @@ class StateStore(Protocol):
     @property
     def origin(self) -> str:
         """Who writes through this handle (recorded with every event)."""
+        ...
+
+    @property
+    def shared(self) -> bool:
+        """Several registrars may share this store (etcd); sqlite: one daemon per store."""
+        ...
+
+    async def info(self) -> dict[str, Any]:
+        """Where and how the state lives (``backend``, and a path or endpoints and members)."""
         ...
 
     async def close(self) -> None: ...
@@ -211,16 +237,31 @@ class StateStore(Protocol):
 
     async def setting(self, key: str) -> str | None: ...
 
+    async def settings(self) -> dict[str, str]:
+        """Every setting."""
+        ...
+
     async def set_setting(self, key: str, value: str) -> None: ...
 
     # -- claims ----------------------------------------------------------------------
 
     async def lock_registrar(self, owner: str) -> None:
-        """Become the registrar of this store, or ``AlreadyRunning`` (sqlite: one daemon)."""
+        """Become a registrar of this store, or ``AlreadyRunning`` (sqlite: one daemon per
+        store; etcd: one per state directory, any number per store, each with its lease)."""
+        ...
+
+    async def keep_registrar(self, owner: str) -> Standing:
+        """Keep ``owner``'s standing alive (etcd: a lease keep-alive); ``LeaseLost`` when
+        it is gone, and with it every claim of ``owner`` (``lock_registrar`` again)."""
+        ...
+
+    async def registrars(self) -> list[dict[str, Any]]:
+        """The registrars of this store the store knows to be running (``owner``, …)."""
         ...
 
     async def renew_claims(self, owner: str, lease: float) -> int:
-        """Extend every claim ``owner`` holds to now + ``lease``; how many it holds."""
+        """Extend every claim ``owner`` holds to now + ``lease`` (etcd: renew its lease;
+        ``lease`` <= 0 ends them at once); how many it holds."""
         ...
 
     async def reclaimable(self, owner: str) -> list[NodeRecord]:
@@ -267,6 +308,11 @@ class StateStore(Protocol):
     def watch(self, *, after: int, origin_not: str | None = None) -> AsyncIterator[list[Event]]:
         """Batches of events committed after ``after``, as they come, forever
         (``origin_not``: except that writer's own)."""
+        ...
+
+    def watch_claims(self) -> AsyncIterator[None]:
+        """Yields whenever claims may have become reclaimable without any event: another
+        registrar's lease ran out (etcd).  sqlite never yields (one daemon per store)."""
         ...
 
     # -- tunnels ---------------------------------------------------------------------

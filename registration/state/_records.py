@@ -20,6 +20,7 @@ __all__ = [
     "NodeRecord",
     "Note",
     "Source",
+    "Standing",
     "Token",
     "Tunnel",
     "Window",
@@ -169,6 +170,25 @@ class Note:
     kind: str
     message: str
     data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Standing:
+    """A registrar's standing with its store (``StateStore.keep_registrar``).
+
+    sqlite: nothing expires (the daemon lock lasts as long as the process), so every
+    field but ``owner`` is None.  etcd: the registrar's lease, its TTL, and until when
+    (``time.monotonic()`` of this process) it certainly has not expired: the last
+    keep-alive that got through was sent then minus the TTL.
+    """
+
+    owner: str
+    lease: str | None = None
+    ttl: float | None = None
+    valid_until: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

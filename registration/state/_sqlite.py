@@ -23,6 +23,7 @@ from typing import Any, Final, ParamSpec, TypeVar
 
 from .._threads import ThreadLimiter
 from ._ingest import Absorbed
+from ._lockfile import lock_holder
 from ._machine import Change, LostRace, NodeState
 from ._records import (
     Arrival,
@@ -31,6 +32,7 @@ from ._records import (
     NodeRecord,
     Note,
     Source,
+    Standing,
     Token,
     Tunnel,
     Window,
@@ -57,6 +59,8 @@ class SqliteStore:
     """The :class:`~registration.state.StateStore` contract on sqlite."""
 
     backend: Final = "sqlite"
+    #: One daemon per store (``lock_registrar``): claims are never shared.
+    shared: Final = False
 
     def __init__(self, db: _Database, executor: ThreadLimiter) -> None:
         self._db = db
@@ -102,6 +106,15 @@ class SqliteStore:
     async def schema_version(self) -> int:
         return await self._run(self._db.schema_version)
 
+    async def info(self) -> dict[str, Any]:
+        path = self._db.path
+        size = sum(
+            p.stat().st_size
+            for p in (path, path.with_name(path.name + "-wal"))
+            if p.exists()
+        )
+        return {"backend": "sqlite", "path": str(path), "bytes": size}
+
     async def get(self, node_id: str) -> NodeRecord | None:
         return await self._run(self._db.get, node_id)
 
@@ -135,6 +148,10 @@ class SqliteStore:
         self, *, source: Source, instance: str, observer: str = ""
     ) -> NodeRecord | None:
         return await self._run(self._db.withdraw, source, instance, observer)
+
+    async def presence(self) -> list[tuple[str, str, str, str, float | None]]:
+        """Every presence row (``store migrate`` copies them): not part of the contract."""
+        return await self._run(self._db.presence)
 
     async def clear_presence(self, *, source: Source, observer: str) -> None:
         await self._run(self._db.clear_presence, source, observer)
@@ -200,11 +217,28 @@ class SqliteStore:
     async def setting(self, key: str) -> str | None:
         return await self._run(self._db.setting, key)
 
+    async def settings(self) -> dict[str, str]:
+        return await self._run(self._db.settings)
+
     async def set_setting(self, key: str, value: str) -> None:
         await self._run(self._db.set_setting, key, value)
 
     async def lock_registrar(self, owner: str) -> None:
         await self._run(self._db.lock_registrar, owner)
+
+    async def keep_registrar(self, owner: str) -> Standing:
+        """Nothing to renew: the daemon lock lasts as long as the process."""
+        return Standing(owner)
+
+    async def registrars(self) -> list[dict[str, Any]]:
+        """The daemon holding this store's lock, if one does."""
+        holder = lock_holder(self._db.path.parent)
+        return [] if holder is None else [{"owner": holder[1], "pid": holder[0]}]
+
+    async def watch_claims(self) -> AsyncIterator[None]:
+        """Never: one daemon per store, so claims of a dead one are recovered at start."""
+        await asyncio.Event().wait()
+        yield None
 
     async def renew_claims(self, owner: str, lease: float) -> int:
         return await self._run(self._db.renew_claims, owner, lease)

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import errno
-import fcntl
-import os
 import sqlite3
 import time
 from collections.abc import Sequence
 from typing import Any, Final
 
-from .._exceptions import AlreadyRunning, NodeNotFound, StateError
+from .._exceptions import NodeNotFound, StateError
 from ._ingest import Absorbed, absorb
+from ._lockfile import LOCK_FILE, lock_state_dir
 from ._machine import Change, LostRace, NodeState, apply_change
 from ._records import Arrival, Departure, NodeRecord, Note, Source
 from ._sqlite_base import PRESENT, Connection, expiry, record_of
@@ -21,7 +19,6 @@ __all__ = ["CLAIM_LEASE", "LOCK_FILE", "NodeTables"]
 
 #: Seconds a claim lasts unless renewed (the daemon renews every third of it).
 CLAIM_LEASE: Final = 30.0
-LOCK_FILE: Final = "daemon.lock"
 
 
 class NodeTables(Connection):
@@ -168,6 +165,11 @@ class NodeTables(Connection):
             {"source": item.source.value, "instance": item.instance},
         )
         return rec
+
+    def presence(self) -> list[tuple[str, str, str, str, float | None]]:
+        """Every presence row: (node id, source, instance, observer, expires)."""
+        rows = self._read("SELECT node_id, source, instance, observer, expires FROM presence")
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
     def clear_presence(self, source: Source, observer: str) -> None:
         with self._write() as conn:
@@ -337,24 +339,7 @@ class NodeTables(Connection):
     # -- claims ------------------------------------------------------------------------
 
     def lock_registrar(self, owner: str) -> None:
-        lock_path = self.path.with_name(LOCK_FILE)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").split()
-            os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise StateError(f"{lock_path}: cannot lock: {exc.strerror}") from exc
-            pid = holder[0] if holder else "?"
-            raise AlreadyRunning(
-                f"another autoreg daemon already runs on {self.path.parent} (pid {pid}); "
-                "one daemon per state directory (stop it first, or give this one its own "
-                "--state-dir)"
-            ) from exc
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {owner}\n".encode(), 0)
-        self.registrar_lock = fd
+        self.registrar_lock = lock_state_dir(self.path.parent, owner)
 
     def renew_claims(self, owner: str, lease: float) -> int:
         with self._write() as conn:

@@ -248,6 +248,12 @@ class TrustTables(Connection):
             return None  # a store older than settings (read-only): nothing set
         return str(rows[0][0]) if rows else None
 
+    def settings(self) -> dict[str, str]:
+        try:
+            return {str(r[0]): str(r[1]) for r in self._read("SELECT key, value FROM settings")}
+        except StateError:
+            return {}  # a store older than settings (read-only): nothing set
+
     def set_setting(self, key: str, value: str) -> None:
         with self._write() as conn:
             conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, value))

@@ -6,9 +6,11 @@ Run against every backend (the ``store``/``backend`` fixtures of ``conftest.py``
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
+from registration._exceptions import AlreadyRunning
 from registration.state import (
     Absorbed,
     Arrival,
@@ -165,3 +167,32 @@ async def test_the_feed_leaves_out_one_writers_events(
         ]
     finally:
         await other.close()
+
+
+# -- registrars: what each backend allows ----------
+
+
+async def test_registrars_one_per_sqlite_store_many_per_etcd_store(
+    store: StateStore, backend: Backend, tmp_path: Path
+) -> None:
+    first = await backend.open(origin="clc:a:1", lock_dir=tmp_path / "a")
+    second = await backend.open(origin="clc:b:1", lock_dir=tmp_path / "b")
+    try:
+        await first.lock_registrar("clc:a:1")
+        standing = await first.keep_registrar("clc:a:1")
+        if not backend.shared:  # sqlite: one daemon per store, nothing expires
+            assert not store.shared
+            with pytest.raises(AlreadyRunning, match="one daemon per state directory"):
+                await second.lock_registrar("clc:b:1")
+            assert (standing.lease, standing.valid_until) == (None, None)
+            assert [r["owner"] for r in await store.registrars()] == ["clc:a:1"]
+        else:  # etcd: every registrar has a lease of its own (one per state directory)
+            assert store.shared
+            await second.lock_registrar("clc:b:1")
+            assert standing.lease is not None and standing.ttl
+            owners = sorted(r["owner"] for r in await store.registrars())
+            assert owners == ["clc:a:1", "clc:b:1"]
+    finally:
+        await first.close()
+        await second.close()
+    assert (await store.info())["backend"] == backend.name

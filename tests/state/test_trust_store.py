@@ -1,12 +1,15 @@
 """Trust in the store: tokens spent once per node and in the slot's transaction, install
-windows that seal themselves, denied keys, approvals, and the default for upgrades."""
+windows that seal themselves, denied keys, approvals, and the default for upgrades.
+
+Run against every backend (the ``store`` fixture of ``conftest.py``), but the upgrade
+from a sqlite store made before trust existed.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,13 +29,6 @@ from registration.state._schema import MIGRATIONS
 from support.records import OWNER, put
 
 S = NodeState
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[StateStore]:
-    opened = asyncio.run(SqliteStore.open(tmp_path / "autoreg.db", origin="test"))
-    yield opened
-    asyncio.run(opened.close())
 
 
 def token(uses: int = 1, **changes: object) -> Token:
