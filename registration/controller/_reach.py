@@ -23,6 +23,7 @@ from .._config import Config
 from .._exceptions import FingerprintMismatch, NodeUnreachable, SSHError
 from .._files import write_atomic
 from ..state import NodeRecord
+from ._proxies import ProxyPool
 from ._ssh import DIRECT, SSHTarget, VerifiedSession, Via, ViaProxy, ViaTunnel, open_verified
 
 __all__ = ["TUNNEL_TIMEOUT", "AccessFiles", "Reach"]
@@ -94,11 +95,13 @@ class Reach:
         tunnel_ports: Sequence[int] = (),
         *,
         authenticate: bool = True,
+        proxies: ProxyPool | None = None,
     ) -> VerifiedSession:
         """The first path that verifies; FingerprintMismatch ends the chain at once.
 
         ``key`` logs in to a proxy node when the chain gets there, and to the node
         itself unless ``authenticate`` is false (then the caller authenticates later).
+        With ``proxies``, a proxy path uses the pool's shared connection to the proxy.
         """
         target = self.target(rec)
         errors: list[str] = []
@@ -107,6 +110,13 @@ class Reach:
             if isinstance(via, ViaTunnel):
                 attempt = dataclasses.replace(target, timeout=min(target.timeout, TUNNEL_TIMEOUT))
             try:
+                if isinstance(via, ViaProxy) and proxies is not None:
+                    return open_verified(
+                        attempt,
+                        key if authenticate else None,
+                        via=via,
+                        proxy_session=proxies.session(via.proxy),
+                    )
                 return open_verified(attempt, key if authenticate else None, via=via, proxy_key=key)
             except FingerprintMismatch:
                 raise
