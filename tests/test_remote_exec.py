@@ -21,7 +21,7 @@ import pytest
 from registration import load_config
 from registration._config import Config
 from registration._exceptions import NodeUnreachable
-from registration._remote import NO_EXIT_STATUS, ExecProgress, run_on_nodes
+from registration._remote import LINE_LIMIT, NO_EXIT_STATUS, ExecProgress, _Lines, run_on_nodes
 from registration._sshkeys import generate_ed25519
 from registration.controller._reach import Reach
 from registration.protocol import Announcement
@@ -177,3 +177,29 @@ async def test_cancelled_exec_hangs_up_on_every_running_command(
             assert await asyncio.to_thread(event.wait, 10), f"{node} still runs its command"
     finally:
         fleet.close()
+
+
+class _Immediate:
+    """Stands in for the event loop: hands each line on at once."""
+
+    def call_soon_threadsafe(self, fn: Any, *args: Any) -> None:
+        fn(*args)
+
+
+def test_output_is_cut_into_lines_per_stream_and_overlong_lines_into_pieces() -> None:
+    got: list[tuple[str, str, str]] = []
+    lines = _Lines("nc1", lambda *line: got.append(line), _Immediate())
+    lines.feed("out", b"one\ntw")
+    lines.feed("err", b"warn")
+    lines.feed("out", b"o\r\nthr")
+    lines.feed("err", b"ing\n\xff\n")
+    lines.feed("out", b"x" * (LINE_LIMIT + 10))
+    lines.flush()
+    assert got == [
+        ("nc1", "out", "one"),
+        ("nc1", "out", "two\r"),  # as before: only the newline is taken off
+        ("nc1", "err", "warning"),
+        ("nc1", "err", "\ufffd"),  # not UTF-8: replaced, never an exception
+        ("nc1", "out", "thr" + "x" * (LINE_LIMIT - 3)),
+        ("nc1", "out", "x" * 13),
+    ]
