@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -14,8 +13,8 @@ from .. import _admin, _keyfiles, _remote, controller
 from .._exceptions import AnnouncementError, AutoregError
 from ..protocol import check_node_id
 from . import _Ctx, _errors, _quiet_libraries, _run_service, cli, pass_ctx, run
+from ._exec_display import ExecDisplay, exec_summary
 from ._output import emit_json, format_table
-from ._progress import ExecDisplay
 
 __all__: list[str] = []
 
@@ -267,24 +266,7 @@ def exec_(
             results = run(fan_out())
         finally:
             display.close()
-        if as_json:
-            emit_json([dataclasses.asdict(r) for r in results])
-        else:
-            click.echo(
-                format_table(
-                    ["NODE", "PATH", "EXIT", "SECONDS", "ERROR"],
-                    [
-                        [
-                            r.name,
-                            r.path,
-                            "-" if r.returncode is None else str(r.returncode),
-                            f"{r.duration:.2f}",
-                            r.error,
-                        ]
-                        for r in results
-                    ],
-                )
-            )
+        exec_summary(results, as_json=as_json)
         failed = [r for r in results if not r.ok]
         if failed:
             raise AutoregError(f"{len(failed)} of {len(results)} node(s) failed")

@@ -1,4 +1,4 @@
-"""What ``autoreg exec`` writes while it runs (registration/cli/_progress.py).
+"""What ``autoreg exec`` writes while it runs (registration/cli/_exec_display.py).
 
 The live line is drawn only on a terminal; off a terminal the output is the
 plain lines ``exec`` always wrote.  The end-to-end run on a real pty is in
@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 
 from registration._remote import ExecProgress
-from registration.cli._progress import ERASE, ExecDisplay, progress_text
+from registration.cli._exec_display import ERASE, ExecDisplay, progress_text
 from support.terminal import raw_control_bytes
 
 

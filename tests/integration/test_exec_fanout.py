@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from registration.cli._progress import ERASE
+from registration.cli._exec_display import ERASE
 from support import netlab
 from support.autoreg_lab import AutoregLab, Station, autoreg_argv
 from support.terminal import raw_control_bytes, run_on_a_terminal

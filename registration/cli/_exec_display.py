@@ -1,22 +1,29 @@
-"""What ``autoreg exec`` shows while it runs: node output, and on a terminal a live line.
+"""What ``autoreg exec`` shows: node output, a live line on a terminal, the summary.
 
 On a terminal the last line is a progress line, redrawn in place (carriage
 return, erase line) whenever a node starts or ends, and erased before anything
 else is written, so node output never mixes with it.  When stdout is not a
 terminal (a pipe, a file, a script reading ``--json``) there is no progress
 line at all: only plain lines, exactly the node output and then the summary.
+
+Node output is the admin's own command's, shown as OpenSSH would show it; the
+summary (names, paths, errors quoting what a peer sent) goes through
+:func:`format_table` / :func:`emit_json`, which escape it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+from collections.abc import Sequence
 from typing import Final, TextIO
 
 import click
 
-from .._remote import ExecProgress
+from .._remote import ExecProgress, ExecResult
+from ._output import emit_json, format_table
 
-__all__ = ["ExecDisplay", "progress_text"]
+__all__ = ["ExecDisplay", "exec_summary", "progress_text"]
 
 #: Moves to the start of the line and erases it (CR, then CSI K: erase to the end).
 ERASE: Final = "\r\x1b[K"
@@ -85,3 +92,25 @@ class ExecDisplay:
         self._out.write(ERASE + text)
         self._out.flush()
         self._shown = text
+
+
+def exec_summary(results: Sequence[ExecResult], *, as_json: bool) -> None:
+    """The table of exit statuses after the output (or, with ``as_json``, one JSON document)."""
+    if as_json:
+        emit_json([dataclasses.asdict(r) for r in results])
+        return
+    click.echo(
+        format_table(
+            ["NODE", "PATH", "EXIT", "SECONDS", "ERROR"],
+            [
+                [
+                    r.name,
+                    r.path,
+                    "-" if r.returncode is None else str(r.returncode),
+                    f"{r.duration:.2f}",
+                    r.error,
+                ]
+                for r in results
+            ],
+        )
+    )
