@@ -23,8 +23,10 @@ with a real sshd each.  Three parts, each printed in one JSON object:
    key; the time until ``autoreg tunnel list --json`` shows a live port for the
    node again.
 3. ``exec``: ``autoreg exec --parallel P -- true`` over N direct nodes, against
-   plain ``ssh -F nodes/<id>/ssh_config node true`` one node after another (and,
-   for reference, the same plain ssh commands P at a time).
+   plain ``ssh -F nodes/<id>/ssh_config node true`` one node after another and P
+   at a time (``exec_vs_plain_ssh``: exec over plain ssh P at a time, same run);
+   then over M nodes behind the proxy, counting the proxy's SSH handshakes
+   (``bench/_reach_exec.py``).
 
     sudo python bench/reach.py [--trials K] [--json-out FILE]
 
@@ -36,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import contextlib
 import json
 import os
@@ -52,6 +53,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, percentile, run_bench, summarize, use_test_support
+from _reach_exec import ExecPart, plain_ssh, plain_ssh_main
 
 SELF = str(Path(__file__).resolve())
 
@@ -63,7 +65,13 @@ LEARNED_FROM = {
 }
 #: Roles: one per path (so events and `exec --role` select cleanly), all registered by
 #: clc, any number of them (`unique = none`); the proxied one has a cluster.
-ROLES = {"direct": "rdirect", "tunnel": "rtunnel", "proxy": "rproxy", "fleet": "rfleet"}
+ROLES = {
+    "direct": "rdirect",
+    "tunnel": "rtunnel",
+    "proxy": "rproxy",
+    "fleet": "rfleet",
+    "proxy_fleet": "rpfleet",
+}
 REGISTRAR_ROLE = "clc"
 CLUSTER = "inner"
 #: Lab indices (198.18.<index>.0/24), inside the labs' own namespaces only.  The inner
@@ -78,9 +86,6 @@ TRIAL_TIMEOUT = 40.0
 CLI_TIMEOUT = 60.0
 DOWN_WAIT = 10.0
 RECOVERY_TIMEOUT = 40.0
-FLEET_TIMEOUT = 180.0
-EXEC_TIMEOUT = 300.0
-SSH_TIMEOUT = 30.0
 HELPER_LIFETIME = 120.0
 
 
@@ -125,7 +130,7 @@ def reverify_main(argv: list[str]) -> int:
 
     asyncio.run(reverify())
     # prepare_access just rewrote the node's ssh_config: plain ssh follows the same path.
-    plain = _plain_ssh(args.plain) if args.plain else None
+    plain = plain_ssh(args.plain) if args.plain else None
     print(json.dumps({"reverify": rounds, "plain": plain}), flush=True)
     return 0
 
@@ -183,44 +188,6 @@ def watch_main(argv: list[str]) -> int:
     return 1
 
 
-# -- helper role: plain OpenSSH over many nodes (controller's namespace) -----------------
-
-
-def _plain_ssh(config: str) -> dict[str, Any]:
-    """``ssh -F CONFIG node true``: exit status and wall time."""
-    started = time.perf_counter()
-    try:
-        r = subprocess.run(
-            ["ssh", "-F", config, "node", "true"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=SSH_TIMEOUT,
-            check=False,
-        )
-        code, err = r.returncode, r.stderr.decode(errors="replace")[-300:]
-    except subprocess.TimeoutExpired:
-        code, err = None, f"timed out after {SSH_TIMEOUT}s"
-    return {"config": config, "rc": code, "s": time.perf_counter() - started, "err": err}
-
-
-def plain_ssh_main(argv: list[str]) -> int:
-    """``ssh -F CONFIG node true`` for each CONFIG, ``--parallel`` at a time (1: in turn)."""
-    p = argparse.ArgumentParser(prog="reach.py _plain_ssh")
-    p.add_argument("--parallel", type=int, default=1)
-    p.add_argument("configs", nargs="+")
-    args = p.parse_args(argv)
-
-    started = time.perf_counter()
-    if args.parallel <= 1:
-        results = [_plain_ssh(c) for c in args.configs]
-    else:
-        with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
-            results = list(pool.map(_plain_ssh, args.configs))
-    wall = time.perf_counter() - started
-    print(json.dumps({"wall": wall, "results": results}), flush=True)
-    return 0
-
-
 # -- the benchmark ------------------------------------------------------------------------
 
 
@@ -252,16 +219,23 @@ def _r(value: Any, digits: int = 4) -> Any:
     return value
 
 
-class Bench:
+class Bench(ExecPart):
+    roles = ROLES
+    cluster = CLUSTER
+    log = staticmethod(log)
+
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
         self.workdir = workdir
         self.token = secrets.token_hex(2)
         self.loadavg = _loadavg()
         self.samples: list[dict[str, Any]] = []
-        self.failures: dict[str, list[str]] = {k: [] for k in (*args.paths, "recovery", "exec")}
+        self.failures: dict[str, list[str]] = {
+            k: [] for k in (*args.paths, "recovery", "exec", "proxy_exec")
+        }
         self.recovery: dict[str, Any] | None = None
         self.fleet: dict[str, Any] | None = None
+        self.proxy_fleet: dict[str, Any] | None = None
         self._seq = 0
 
     # -- set-up ---------------------------------------------------------------------------
@@ -302,6 +276,8 @@ class Bench:
                 self.guard("recovery", self.part_recovery)
             if self.args.exec:
                 self.guard("exec", self.part_exec)
+            if self.args.exec and self.args.proxy_fleet:
+                self.guard("proxy_exec", self.part_proxy_exec)
 
     @staticmethod
     def role_sections() -> dict[str, dict[str, str]]:
@@ -309,7 +285,7 @@ class Bench:
         sections = {}
         for path, role in ROLES.items():
             section = {"registered_by": REGISTRAR_ROLE, "unique": "none"}
-            if path == "proxy":
+            if path in ("proxy", "proxy_fleet"):
                 section["cluster"] = "yes"
             sections[f"role:{role}"] = section
         return sections
@@ -609,149 +585,35 @@ class Bench:
     def _live(cls, out: str, node_id: str) -> bool:
         return any((cls._row(out, node_id) or {}).values())
 
-    # -- part 3: exec over many direct nodes ------------------------------------------------
-
-    def part_exec(self) -> None:
-        fleet, registration = self.fleet_up()
-        configs = [str(self.ctl.state_dir / "nodes" / st.node_id / "ssh_config") for st in fleet]
-        # The per-node ssh_config as the daemon wrote it at registration; every `autoreg
-        # exec` rewrites it (round 1 runs exec first, so plain ssh always uses exec's).
-        mux_before = sum("ControlMaster" in Path(c).read_text() for c in configs)
-        rounds: list[dict[str, Any]] = []
-        mux = -1
-        for index in range(self.args.exec_rounds):
-            order = ["exec", "plain_sequential", "plain_parallel"]
-            if index % 2:
-                order.reverse()  # drift and background load hit every variant alike
-            row: dict[str, Any] = {}
-            for what in order:
-                if what == "exec":
-                    row[what] = self.run_exec(len(fleet))
-                else:
-                    par = 1 if what == "plain_sequential" else self.args.parallel
-                    row[what] = self.run_plain(configs, par)
-                if index == 0 and what == "exec":
-                    mux = sum("ControlMaster" in Path(c).read_text() for c in configs)
-            rounds.append(row)
-            log(
-                f"exec round {index + 1}/{self.args.exec_rounds}: autoreg exec "
-                f"{row['exec']['wall']:.2f} s, plain ssh in turn "
-                f"{row['plain_sequential']['wall']:.2f} s, plain ssh {self.args.parallel} at a "
-                f"time {row['plain_parallel']['wall']:.2f} s"
-            )
-        for st in fleet:
-            st.sshd.stop()
-
-        def walls(what: str) -> list[float]:
-            return [r[what]["wall"] for r in rounds]
-
-        def per_node(what: str) -> list[float]:
-            return [x for r in rounds for x in r[what]["per_node"]]
-
-        exec_med = percentile(walls("exec"), 0.5)
-        seq_med = percentile(walls("plain_sequential"), 0.5)
-        par_med = percentile(walls("plain_parallel"), 0.5)
-        self.fleet = {
-            "nodes": len(fleet),
-            "parallel": self.args.parallel,
-            "rounds": len(rounds),
-            "command": " ".join(("autoreg", *self.exec_args())),
-            "registration": registration,
-            "exec_wall_s": summarize(walls("exec"), 3),
-            "plain_ssh_sequential_wall_s": summarize(walls("plain_sequential"), 3),
-            "speedup_exec_vs_sequential": round(seq_med / exec_med, 2),
-            "plain_ssh_parallel_wall_s": summarize(walls("plain_parallel"), 3),
-            "speedup_plain_parallel_vs_sequential": round(seq_med / par_med, 2),
-            "exec_per_node_s": _brief(per_node("exec")),
-            "plain_ssh_per_node_sequential_s": _brief(per_node("plain_sequential")),
-            "plain_ssh_per_node_parallel_s": _brief(per_node("plain_parallel")),
-            "exec_paths": sorted({p for r in rounds for p in r["exec"]["paths"]}),
-            "ssh_configs_with_connection_sharing": {
-                "as_written_by_the_daemon": mux_before,
-                "after_autoreg_exec": mux,
-            },
-        }
-        if self.args.samples:
-            self.fleet["round_walls"] = [
-                {k: round(v["wall"], 3) for k, v in r.items()} for r in rounds
-            ]
-
-    def fleet_up(self) -> tuple[list[Any], dict[str, Any]]:
-        """N direct nodes (sshd only), queued into the running daemon and registered."""
-        from registration._admin import manual_register, store_for
-        from registration._config import load_config
-        from registration.protocol import Announcement
-
-        ctl, n, role = self.ctl, self.args.fleet, ROLES["fleet"]
-        started = time.monotonic()
-        fleet = [self.alab.node(f"f{i:02d}", role, node_id=f"f-{self.token}-{i:02d}")
-                 for i in range(n)]  # fmt: skip
-        log(f"exec: {n} hosts with sshd up in {time.monotonic() - started:.1f} s")
-        # The library call behind `autoreg register`, in-process: it touches the store only,
-        # and this saves an interpreter start per node.
-        ctl.write_config()
-        config = load_config(ctl.conf)
-
-        async def queue_all() -> None:
-            async with store_for(config) as store:
-                for st in fleet:
-                    ann = Announcement(
-                        node_id=st.node_id, role=role, ip=st.host.ip, port=st.sshd.port,
-                        fingerprint=st.sshd.fingerprint, name=st.host.name,
-                    )  # fmt: skip
-                    await manual_register(config, store, ann)
-
-        asyncio.run(queue_all())
-        ids = {st.node_id for st in fleet}
-
-        def pending() -> list[str]:
-            return sorted(
-                i for i in ids if (r := ctl.node(i)) is None or r.state is not self.S.REGISTERED
-            )
-
-        if _poll(lambda: True if not pending() else None, FLEET_TIMEOUT, 0.2) is None:
-            raise TimeoutError(f"not registered after {FLEET_TIMEOUT}s: {pending()[:5]} …")
-        queued, took = [], []
-        for i in ids:
-            events = {e.kind: e.ts for e in reversed(ctl.events(i))}  # the first of each kind
-            queued.append(events["manual"])
-            took.append(events["registered"] - events["manual"])
-        span = max(q + t for q, t in zip(queued, took, strict=True)) - min(queued)
-        log(f"exec: {n} nodes registered {span:.2f} s after the first was queued")
-        return fleet, {
-            "nodes": n,
-            "queued_to_last_registered_s": round(span, 3),
-            "per_node_queued_to_registered_s": _brief(took),
-            "max_parallel": config.controller.max_parallel,
-        }
-
-    def exec_args(self) -> tuple[str, ...]:
-        return ("exec", "--role", ROLES["fleet"], "--parallel", str(self.args.parallel),
-                "--json", "--", "true")  # fmt: skip
-
-    def run_exec(self, n: int) -> dict[str, Any]:
-        rc, out, err, wall = self.autoreg(*self.exec_args(), timeout=EXEC_TIMEOUT)
-        try:
-            results = json.loads(out[out.index("[") :])
-        except ValueError:
-            raise RuntimeError(f"autoreg exec exited {rc}: {out[-500:]} {err[-1500:]}") from None
-        bad = [r for r in results if r["returncode"] != 0 or r["error"]]
-        if rc != 0 or bad or len(results) != n:
-            raise RuntimeError(f"autoreg exec exited {rc}; {len(bad)} failed: {bad[:3]}")
-        return {
-            "wall": wall,
-            "per_node": [r["duration"] for r in results],
-            "paths": sorted({r["path"] for r in results}),
-        }
-
-    def run_plain(self, configs: list[str], parallel: int) -> dict[str, Any]:
-        out = self.helper("_plain_ssh", "--parallel", str(parallel), *configs, timeout=EXEC_TIMEOUT)
-        bad = [r for r in out["results"] if r["rc"] != 0]
-        if bad:
-            raise RuntimeError(f"plain ssh failed on {len(bad)} node(s): {bad[:3]}")
-        return {"wall": out["wall"], "per_node": [r["s"] for r in out["results"]]}
-
     # -- report -----------------------------------------------------------------------------
+
+    def goals(self) -> dict[str, Any]:
+        """issue 16's figures: exec at most 1.0 times plain ssh; one proxy handshake per run."""
+        out: dict[str, Any] = {}
+        goals: dict[str, Any] = {}
+        if self.fleet is not None:
+            ratio = self.fleet["exec_vs_plain_ssh"]
+            out["exec_vs_plain_ssh"] = ratio
+            goals["exec_vs_plain_ssh"] = {
+                "ratio": ratio,
+                "exec_wall_s": self.fleet["exec_wall_s"]["median"],
+                "plain_ssh_parallel_wall_s": self.fleet["plain_ssh_parallel_wall_s"]["median"],
+                "nodes": self.fleet["nodes"],
+                "parallel": self.fleet["parallel"],
+                "goal_at_most": 1.0,
+                "met": ratio <= 1.0,
+            }
+        if self.proxy_fleet is not None:
+            handshakes = self.proxy_fleet["proxy_handshakes"]["exec"]
+            goals["proxy_handshakes_per_exec"] = {
+                "nodes_behind_the_proxy": self.proxy_fleet["nodes"],
+                "handshakes": handshakes,
+                "goal": 1,
+                "met": all(h == 1 for h in handshakes),
+            }
+        if goals:
+            out["goals"] = goals
+        return out
 
     def report(self, wall: float) -> dict[str, Any]:
         paths: dict[str, Any] = {}
@@ -803,6 +665,8 @@ class Bench:
             out["tunnel_recovery"] = self.recovery
         if self.args.exec:
             out["exec"] = self.fleet
+            out["proxy_exec"] = self.proxy_fleet
+            out.update(self.goals())
         failures = {k: len(v) for k, v in self.failures.items() if v}
         if failures:
             out["failures"] = failures
@@ -829,6 +693,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="[controller] connect_timeout (shipped default: 10)")  # fmt: skip
     p.add_argument("--fleet", type=int, default=50, metavar="N", help="direct nodes for exec")
     p.add_argument("--parallel", type=int, default=10, help="autoreg exec --parallel")
+    p.add_argument("--proxy-fleet", type=int, default=20, metavar="M",
+                   help="nodes behind the proxy for exec (0: skip)")  # fmt: skip
     p.add_argument("--exec-rounds", type=int, metavar="R",
                    help="timed exec rounds (default: min(K, 2))")  # fmt: skip
     p.add_argument("--no-recovery", dest="recovery", action="store_false",
@@ -842,8 +708,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--trials, --fleet and --parallel must be at least 1, --warmup at least 0")
     if not 0.5 <= args.connect_timeout <= 30:
         p.error("--connect-timeout: 0.5 to 30 seconds")
-    if args.fleet > 200:
-        p.error("--fleet: at most 200 (one lab holds 254 hosts)")
+    if args.fleet > 200 or not 0 <= args.proxy_fleet <= 200:
+        p.error("--fleet, --proxy-fleet: at most 200 (one lab holds 254 hosts)")
     args.paths = args.paths or list(PATHS)
     args.exec_rounds = args.exec_rounds or min(args.trials, 2)
     return args

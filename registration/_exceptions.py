@@ -12,6 +12,7 @@ __all__ = [
     "AlreadyRunning",
     "AnnouncementError",
     "AutoregError",
+    "CommandTimeout",
     "ConfigError",
     "EndpointError",
     "FingerprintMismatch",
@@ -127,6 +128,14 @@ class SSHError(AutoregError):
 
 class NodeUnreachable(SSHError):
     """The node's sshd could not be reached (refused, timeout, no route)."""
+
+
+class CommandTimeout(SSHError):
+    """A command run on a node over SSH did not end within its time limit."""
+
+    def __init__(self, *, host: str, port: int, timeout: float) -> None:
+        self.timeout = timeout
+        super().__init__(f"timed out after {timeout:g}s", host=host, port=port)
 
 
 class FingerprintMismatch(SSHError):

@@ -1,10 +1,13 @@
 """Running commands on registered nodes over each node's own path (``ssh``, ``exec``).
 
 For every node the path is (re)chosen and verified exactly as for a
-registration (direct, tunnel, proxy; the host key must match), its ssh_config
-is refreshed, and then the real OpenSSH client runs the command.  ``exec``
-fans out over many nodes with at most ``parallel`` connections at a time,
-streaming every output line prefixed with the node's name.
+registration (direct, tunnel, proxy; the host key must match) and its
+ssh_config is refreshed.  ``autoreg ssh`` then hands the terminal to the real
+OpenSSH client, which checks the host key against the known_hosts just written.
+``exec`` runs the command over the verified connection itself: one SSH handshake
+per node, and one per proxy node, shared by every node behind it.  It fans out
+over at most ``parallel`` nodes at a time and streams every output line,
+prefixed with the node's name.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import shlex
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -19,15 +23,27 @@ from typing import Final
 import paramiko
 
 from ._config import Config
-from ._exceptions import AutoregError, SSHError
+from ._exceptions import AutoregError, CommandTimeout, SSHError
 from ._threads import ThreadLimiter
-from .controller import AccessFiles, Reach, load_private_key
+from .controller import AccessFiles, ProxyPool, Reach, load_private_key
+from .controller._ssh import VerifiedSession
 from .state import NodeRecord, NodeState, StateStore
 
-__all__ = ["ExecResult", "prepare_access", "run_on_nodes", "select_nodes", "ssh_argv"]
+__all__ = [
+    "ExecProgress",
+    "ExecResult",
+    "prepare_access",
+    "run_on_nodes",
+    "select_nodes",
+    "ssh_argv",
+]
 
 #: Seconds a remote command may run in ``autoreg exec`` unless told otherwise.
 DEFAULT_EXEC_TIMEOUT: Final = 600.0
+#: A line of output longer than this (bytes, no newline yet) is shown in pieces.
+LINE_LIMIT: Final = 65536
+#: ExecResult.error of a command that ended without an exit status.
+NO_EXIT_STATUS: Final = "no exit status: the command was killed by a signal or the connection broke"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -42,6 +58,20 @@ class ExecResult:
     @property
     def ok(self) -> bool:
         return self.returncode == 0 and not self.error
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExecProgress:
+    """How far ``exec`` is: nodes done (exit 0), failed, running (connecting or running)."""
+
+    total: int
+    done: int = 0
+    failed: int = 0
+    running: int = 0
+
+    @property
+    def waiting(self) -> int:
+        return self.total - self.done - self.failed - self.running
 
 
 async def select_nodes(
@@ -106,59 +136,192 @@ async def run_on_nodes(
     parallel: int,
     timeout: float,
     emit: Callable[[str, str, str], None],
+    progress: Callable[[ExecProgress], None] | None = None,
 ) -> list[ExecResult]:
-    """Run ``command`` on every node, at most ``parallel`` at once; ``emit(name, stream, line)``."""
+    """Run ``command`` on every node, at most ``parallel`` at once.
+
+    ``emit(name, stream, line)`` gets each line of output ("out" or "err") and
+    ``progress`` the counts whenever a node starts or ends; both are called on
+    the event loop.  A node that cannot be reached, or whose host key does not
+    match, is an :class:`ExecResult` with its error; nothing is run there.
+    """
     if not command:
         raise AutoregError("no command given (autoreg exec … -- COMMAND)")
-    threads = ThreadLimiter("autoreg-exec", max(1, parallel))
-    slots = asyncio.Semaphore(max(1, parallel))
+    width = max(1, parallel)
+    threads = ThreadLimiter("autoreg-exec", width)
+    fan = _FanOut(config, store, shlex.join(command), timeout, threads, emit)
+    slots = asyncio.Semaphore(width)
+    state = ExecProgress(total=len(nodes))
 
-    async def one(rec: NodeRecord, key: paramiko.PKey) -> ExecResult:
+    def report(**change: int) -> None:
+        nonlocal state
+        state = dataclasses.replace(state, **{k: getattr(state, k) + v for k, v in change.items()})
+        if progress is not None:
+            progress(state)
+
+    async def one(rec: NodeRecord) -> ExecResult:
         async with slots:
-            started = time.monotonic()
-            try:
-                files, path = await prepare_access(config, store, rec, key=key, io=threads)
-            except SSHError as exc:
-                return ExecResult(
-                    rec.node_id,
-                    rec.display_name,
-                    rec.path or "-",
-                    None,
-                    time.monotonic() - started,
-                    error=str(exc),
-                )
-            proc = await asyncio.create_subprocess_exec(
-                *ssh_argv(files, command),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
-            assert proc.stdout is not None and proc.stderr is not None
-            pumps = [
-                asyncio.ensure_future(_pump(proc.stdout, rec.display_name, "out", emit)),
-                asyncio.ensure_future(_pump(proc.stderr, rec.display_name, "err", emit)),
-            ]
-            try:
-                code: int | None = await asyncio.wait_for(proc.wait(), timeout)
-                error = ""
-            except TimeoutError:
-                proc.kill()
-                code, error = await proc.wait(), f"timed out after {timeout:g}s"
-            await asyncio.gather(*pumps)
-            return ExecResult(
-                rec.node_id, rec.display_name, path, code, time.monotonic() - started, error=error
-            )
+            report(running=1)
+            result = await fan.run(rec)
+            report(running=-1, **({"done": 1} if result.ok else {"failed": 1}))
+            return result
 
     try:
-        key = await threads.run(load_private_key, config.controller_key)  # once, not per node
-        return list(await asyncio.gather(*(one(n, key) for n in nodes)))
+        await fan.start()
+        report()
+        return list(await asyncio.gather(*(one(n) for n in nodes)))
+    except BaseException:
+        fan.sessions.interrupt()  # cancelled: every command still running ends now
+        raise
     finally:
-        await threads.aclose()
+        await fan.aclose()
 
 
-async def _pump(
-    stream: asyncio.StreamReader, name: str, which: str, emit: Callable[[str, str, str], None]
-) -> None:
-    while line := await stream.readline():
-        emit(name, which, line.decode("utf-8", "replace").rstrip("\n"))
+class _FanOut:
+    """What every node's run shares: the key, the tunnels, the proxy pool, the threads."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: StateStore,
+        command: str,
+        timeout: float,
+        threads: ThreadLimiter,
+        emit: Callable[[str, str, str], None],
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._command = command
+        self._timeout = timeout
+        self._threads = threads
+        self._emit = emit
+        self._reach = Reach(config)
+        self._key: paramiko.PKey | None = None
+        self._pool: ProxyPool | None = None
+        self._tunnels: dict[str, tuple[int, ...]] = {}
+        self.sessions = _Sessions()
+
+    async def start(self) -> None:
+        self._key = await self._threads.run(load_private_key, self._config.controller_key)
+        self._pool = ProxyPool(self._key)
+        self._tunnels = {t.node_id: t.ports for t in await self._store.tunnels()}
+
+    async def aclose(self) -> None:
+        try:
+            if self._pool is not None:
+                await self._threads.run(self._pool.close)
+        finally:
+            await self._threads.aclose()
+            self.sessions.close()
+
+    async def run(self, rec: NodeRecord) -> ExecResult:
+        started = time.monotonic()
+
+        def result(path: str, code: int | None, error: str = "") -> ExecResult:
+            took = time.monotonic() - started
+            return ExecResult(rec.node_id, rec.display_name, path, code, took, error=error)
+
+        try:
+            session = await self._threads.run(self._connect, rec)
+        except SSHError as exc:
+            return result(rec.path or "-", None, str(exc))
+        path = session.via.describe()
+        if path != rec.path:
+            await self._store.note_path(rec.node_id, path)
+        lines = _Lines(rec.display_name, self._emit, asyncio.get_running_loop())
+        try:
+            code = await self._threads.run(self._execute, session, lines)
+        except CommandTimeout:
+            return result(path, None, f"timed out after {self._timeout:g}s")
+        except SSHError as exc:
+            return result(path, None, str(exc))
+        return result(path, code, "" if code is not None else NO_EXIT_STATUS)
+
+    def _connect(self, rec: NodeRecord) -> VerifiedSession:
+        """Blocking: choose and verify the path, log in, refresh the node's access files."""
+        assert self._key is not None
+        ports = self._tunnels.get(rec.node_id, ())
+        session = self._reach.connect(rec, self._key, ports, proxies=self._pool)
+        try:
+            self.sessions.add(session)
+            self._reach.write_access_files(rec, session)
+        except BaseException:
+            self.sessions.discard(session)
+            raise
+        return session
+
+    def _execute(self, session: VerifiedSession, lines: _Lines) -> int | None:
+        """Blocking: run the command on the verified connection, then close it."""
+        try:
+            return session.run_command(self._command, timeout=self._timeout, output=lines.feed)
+        finally:
+            lines.flush()
+            self.sessions.discard(session)
+
+
+class _Sessions:
+    """The node connections open now; closed at once when ``exec`` is interrupted."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: set[VerifiedSession] = set()
+        self._interrupted = False
+
+    def add(self, session: VerifiedSession) -> None:
+        with self._lock:
+            if not self._interrupted:
+                self._open.add(session)
+                return
+        session.close()
+        host, port = session.target.host, session.target.port
+        raise SSHError("interrupted", host=host, port=port)
+
+    def discard(self, session: VerifiedSession) -> None:
+        with self._lock:
+            self._open.discard(session)
+        session.close()
+
+    def interrupt(self) -> None:
+        """Close every open connection: the command on it ends, its thread returns."""
+        with self._lock:
+            self._interrupted = True
+            sessions = list(self._open)
+        for session in sessions:
+            session.close()
+
+    def close(self) -> None:
+        self.interrupt()
+
+
+class _Lines:
+    """A command's output, cut into lines and handed to ``emit`` on the event loop."""
+
+    def __init__(
+        self, name: str, emit: Callable[[str, str, str], None], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._name = name
+        self._emit = emit
+        self._loop = loop
+        self._pending: dict[str, bytes] = {"out": b"", "err": b""}
+
+    def feed(self, stream: str, data: bytes) -> None:
+        """Called from the worker thread with what arrived on ``stream``."""
+        buffered = self._pending[stream] + data
+        *complete, rest = buffered.split(b"\n")
+        for line in complete:
+            self._send(stream, line)
+        while len(rest) > LINE_LIMIT:
+            self._send(stream, rest[:LINE_LIMIT])
+            rest = rest[LINE_LIMIT:]
+        self._pending[stream] = rest
+
+    def flush(self) -> None:
+        """The last line of each stream, when the output did not end with a newline."""
+        for stream, rest in self._pending.items():
+            if rest:
+                self._send(stream, rest)
+        self._pending = {"out": b"", "err": b""}
+
+    def _send(self, stream: str, line: bytes) -> None:
+        text = line.decode("utf-8", "replace")
+        self._loop.call_soon_threadsafe(self._emit, self._name, stream, text)

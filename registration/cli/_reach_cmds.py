@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from .. import _admin, _keyfiles, _remote, controller
 from .._exceptions import AnnouncementError, AutoregError
 from ..protocol import check_node_id
 from . import _Ctx, _errors, _quiet_libraries, _run_service, cli, pass_ctx, run
+from ._exec_display import ExecDisplay, exec_summary
 from ._output import emit_json, format_table
 
 __all__: list[str] = []
@@ -235,14 +235,13 @@ def exec_(
     """Run COMMAND on many registered nodes at once, each over its own path.
 
     Output lines are prefixed with the node's name; a summary with each
-    node's exit status follows.  Exits 1 if any node failed.
+    node's exit status follows.  Exits 1 if any node failed.  On a terminal
+    a progress line shows how many nodes are done, failed, running.
 
     \b
       autoreg exec --role nc --parallel 20 -- systemctl restart eucalyptus-nc
     """
-
-    def emit(name: str, stream: str, line: str) -> None:
-        click.echo(f"[{name}] {line}", err=stream == "err")
+    display = ExecDisplay.for_terminal(sys.stdout, sys.stderr)
 
     async def fan_out() -> list[_remote.ExecResult]:
         async with _admin.store_for(config) as store:
@@ -250,31 +249,24 @@ def exec_(
             if not nodes:
                 raise AutoregError("no registered node matches")
             return await _remote.run_on_nodes(
-                config, store, nodes, command, parallel=parallel, timeout=timeout, emit=emit
+                config,
+                store,
+                nodes,
+                command,
+                parallel=parallel,
+                timeout=timeout,
+                emit=display.line,
+                progress=display.progress,
             )
 
     _quiet_libraries(obj.verbose)
     with _errors():
         config = obj.config()
-        results = run(fan_out())
-        if as_json:
-            emit_json([dataclasses.asdict(r) for r in results])
-        else:
-            click.echo(
-                format_table(
-                    ["NODE", "PATH", "EXIT", "SECONDS", "ERROR"],
-                    [
-                        [
-                            r.name,
-                            r.path,
-                            "-" if r.returncode is None else str(r.returncode),
-                            f"{r.duration:.2f}",
-                            r.error,
-                        ]
-                        for r in results
-                    ],
-                )
-            )
+        try:
+            results = run(fan_out())
+        finally:
+            display.close()
+        exec_summary(results, as_json=as_json)
         failed = [r for r in results if not r.ok]
         if failed:
             raise AutoregError(f"{len(failed)} of {len(results)} node(s) failed")

@@ -6,6 +6,7 @@ from ._daemon import EXIT_INTERRUPTED, Daemon, RegistrationsFactory
 from ._hooks import HookResult, find_hook, run_hook
 from ._index import NodeIndex
 from ._ingest import AddressPolicy, Ingested, ingest
+from ._proxies import ProxyPool
 from ._reach import AccessFiles, Reach
 from ._reconciler import Reconciler
 from ._registration import Registration, Registrations
@@ -29,6 +30,7 @@ __all__ = [
     "HookResult",
     "Ingested",
     "NodeIndex",
+    "ProxyPool",
     "Reach",
     "Reconciler",
     "Registrar",

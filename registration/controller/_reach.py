@@ -24,6 +24,7 @@ from .._config import Config
 from .._exceptions import FingerprintMismatch, NodeUnreachable, SSHError
 from .._files import write_atomic
 from ..state import NodeRecord
+from ._proxies import ProxyPool
 from ._ssh import DIRECT, SSHTarget, VerifiedSession, Via, ViaProxy, ViaTunnel, open_verified
 
 __all__ = ["TUNNEL_TIMEOUT", "AccessFiles", "Reach", "short_error"]
@@ -97,6 +98,7 @@ class Reach:
         authenticate: bool = True,
         sock: socket.socket | None = None,
         direct_error: str | None = None,
+        proxies: ProxyPool | None = None,
     ) -> VerifiedSession:
         """The first path that verifies; FingerprintMismatch ends the chain at once.
 
@@ -105,6 +107,7 @@ class Reach:
         ``sock`` is a connection to the node's direct address already made (the
         daemon dials first); ``direct_error`` says why that address did not answer
         (the direct path is then not tried again).  ``sock`` is always consumed.
+        With ``proxies``, a proxy path uses the pool's shared connection to the proxy.
         """
         target = self.target(rec)
         errors: list[str] = []
@@ -122,8 +125,18 @@ class Reach:
                         continue
                     given, sock = sock, None
                 try:
+                    shared = (
+                        proxies.session(via.proxy)
+                        if isinstance(via, ViaProxy) and proxies is not None
+                        else None
+                    )
                     return open_verified(
-                        attempt, key if authenticate else None, via=via, proxy_key=key, sock=given
+                        attempt,
+                        key if authenticate else None,
+                        via=via,
+                        proxy_key=key,
+                        sock=given,
+                        proxy_session=shared,
                     )
                 except FingerprintMismatch:
                     raise

@@ -15,13 +15,22 @@ import io
 import logging
 import posixpath
 import secrets
+import select
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar, Final
 
 import paramiko
 
-from .._exceptions import FingerprintMismatch, KeyMaterialError, NodeUnreachable, SSHError
+from .._exceptions import (
+    CommandTimeout,
+    FingerprintMismatch,
+    KeyMaterialError,
+    NodeUnreachable,
+    SSHError,
+)
 from .._sshkeys import fingerprint_of_blob
 
 __all__ = [
@@ -39,6 +48,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between SSH keepalives while a session is held open during a hook.
 KEEPALIVE_INTERVAL: Final = 15
+#: Bytes read from a command's stdout or stderr at a time.
+READ_CHUNK: Final = 32768
 
 # paramiko offers RSA host keys under three signature names.
 _KEY_TYPE_ALIASES: Final = {
@@ -126,12 +137,15 @@ class VerifiedSession:
         *,
         via: Via = DIRECT,
         proxy: VerifiedSession | None = None,
+        owns_proxy: bool = True,
     ) -> None:
         self.target = target
         self._transport = transport
         self.host_key = host_key
         self.via = via
         self.proxy = proxy  # the session to the proxy node, when via is a ViaProxy
+        # A proxy session shared by many nodes (a ProxyPool's) is closed by its owner.
+        self._owns_proxy = owns_proxy
 
     @property
     def host_key_line(self) -> str:
@@ -159,10 +173,43 @@ class VerifiedSession:
         return self._transport.is_active() and self._transport.is_authenticated()
 
     def close(self) -> None:
+        """Close the connection (thread-safe: a command running on it ends at once)."""
         with contextlib.suppress(Exception):
             self._transport.close()
-        if self.proxy is not None:
+        if self.proxy is not None and self._owns_proxy:
             self.proxy.close()
+
+    def run_command(
+        self, command: str, *, timeout: float, output: Callable[[str, bytes], None]
+    ) -> int | None:
+        """Run ``command`` (one shell command line) on the node, over this connection.
+
+        ``output(stream, data)`` gets what the command writes as it arrives (stream
+        ``"out"`` or ``"err"``).  Returns its exit status, or None when it ended
+        without one (killed by a signal, or the connection closed under it: see
+        :meth:`close`).  After ``timeout`` seconds the channel is closed, so sshd
+        hangs up on the command, and :class:`CommandTimeout` is raised.
+        """
+        host, port = _where(self.target, self.via)
+        deadline = time.monotonic() + timeout
+        try:
+            channel = self._transport.open_session(timeout=self.target.timeout)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SSHError(
+                f"cannot open a session for the command: {_describe(exc)}", host=host, port=port
+            ) from exc
+        try:
+            channel.exec_command(command)
+            if not _pump(channel, deadline, output):
+                raise CommandTimeout(host=host, port=port, timeout=timeout)
+            # paramiko leaves -1 when the channel closed without an exit-status message.
+            return channel.exit_status if channel.exit_status >= 0 else None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SSHError(
+                f"running the command failed: {_describe(exc)}", host=host, port=port
+            ) from exc
+        finally:
+            channel.close()
 
     def open_channel(self, target: SSHTarget, host: str, port: int) -> paramiko.Channel:
         """A ``direct-tcpip`` channel from this (proxy) node to ``target``: no nc needed."""
@@ -225,6 +272,7 @@ def open_verified(
     via: Via = DIRECT,
     proxy_key: paramiko.PKey | None = None,
     sock: socket.socket | None = None,
+    proxy_session: VerifiedSession | None = None,
 ) -> VerifiedSession:
     """Connect to ``target`` over ``via`` and check its host key against the fingerprint.
 
@@ -236,6 +284,9 @@ def open_verified(
     with the hook, so authentication costs no latency).  ``proxy_key`` (default
     ``key``) logs in to the proxy node, which must happen before anything else.
     ``sock``: a direct path's TCP connection already made (it is consumed).
+    ``proxy_session``, an authenticated session to ``via``'s proxy that the caller
+    owns and shares between nodes (a ``ProxyPool``'s), is used instead of a
+    connection of our own; it stays open when this session closes.
     """
     host, port = _where(target, via)
     proxy: VerifiedSession | None = None
@@ -244,10 +295,13 @@ def open_verified(
         conn = sock
         sock.settimeout(target.timeout)
     elif isinstance(via, ViaProxy):
-        login = proxy_key or key
-        if login is None:
-            raise ValueError("a proxy path needs a key to log in to the proxy")
-        proxy = open_verified(via.proxy, login)
+        if proxy_session is not None:
+            proxy = proxy_session
+        else:
+            login = proxy_key or key
+            if login is None:
+                raise ValueError("a proxy path needs a key to log in to the proxy")
+            proxy = open_verified(via.proxy, login)
         conn = proxy.open_channel(target, host, port)
     else:
         address = (via.host, via.port) if isinstance(via, ViaTunnel) else (target.host, target.port)
@@ -280,15 +334,46 @@ def open_verified(
                 announced=target.fingerprint, actual=actual, host=host, port=port
             )
         transport.set_keepalive(KEEPALIVE_INTERVAL)
-        session = VerifiedSession(target, transport, host_key, via=via, proxy=proxy)
+        session = VerifiedSession(
+            target, transport, host_key, via=via, proxy=proxy, owns_proxy=proxy_session is None
+        )
         if key is not None:
             session.authenticate(key)
         return session
     except BaseException:
         transport.close()
-        if proxy is not None:
+        if proxy is not None and proxy_session is None:
             proxy.close()
         raise
+
+
+def _pump(
+    channel: paramiko.Channel, deadline: float, output: Callable[[str, bytes], None]
+) -> bool:
+    """Hand on a command's output until it ends; False when ``deadline`` came first.
+
+    The channel's ``fileno()`` is readable while output is buffered and stays so
+    after EOF; from then on the wait is for the exit status (which a closed
+    channel also signals), not on the descriptor.
+    """
+    channel.setblocking(False)
+    while True:
+        while channel.recv_stderr_ready():
+            output("err", channel.recv_stderr(READ_CHUNK))
+        while channel.recv_ready():
+            output("out", channel.recv(READ_CHUNK))
+        remaining = deadline - time.monotonic()
+        if channel.closed or channel.eof_received:
+            break
+        if remaining <= 0:
+            return False
+        select.select([channel], [], [], remaining)
+    # EOF (or closed): what is still buffered, then the exit status.
+    while channel.recv_stderr_ready():
+        output("err", channel.recv_stderr(READ_CHUNK))
+    while channel.recv_ready():
+        output("out", channel.recv(READ_CHUNK))
+    return channel.status_event.wait(max(0.0, deadline - time.monotonic()))
 
 
 def _where(target: SSHTarget, via: Via) -> tuple[str, int]:

@@ -114,7 +114,14 @@ class _Recorder:
         self.calls: list[tuple[str, float]] = []
 
     def __call__(
-        self, target: SSHTarget, key: Any, *, via: Via, proxy_key: Any, sock: Any = None
+        self,
+        target: SSHTarget,
+        key: Any,
+        *,
+        via: Via,
+        proxy_key: Any,
+        sock: Any = None,
+        proxy_session: Any = None,
     ) -> Any:
         self.calls.append((via.describe(), target.timeout))
         outcome = self.outcomes[via.describe()]

@@ -29,8 +29,13 @@ def run_piped(argv: Sequence[str], env: Mapping[str, str] | None = None) -> byte
     return result.stdout + result.stderr
 
 
-def run_on_a_terminal(argv: Sequence[str], env: Mapping[str, str] | None = None) -> bytes:
-    """stdout and stderr on a pty (raw, so that the bytes arrive as written)."""
+def run_on_a_terminal(
+    argv: Sequence[str], env: Mapping[str, str] | None = None, *, returncode: int = 0
+) -> bytes:
+    """stdout and stderr on a pty (raw, so that the bytes arrive as written).
+
+    The command must exit with ``returncode``.
+    """
     master, slave = pty.openpty()
     tty.setraw(slave)
     try:
@@ -54,7 +59,7 @@ def run_on_a_terminal(argv: Sequence[str], env: Mapping[str, str] | None = None)
             out.write(chunk)
     finally:
         os.close(master)
-        assert proc.wait(timeout=60) == 0, out.getvalue()
+        assert proc.wait(timeout=60) == returncode, out.getvalue()
     return out.getvalue()
 
 
