@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["Clock", "SystemClock", "TimerHandle"]
+__all__ = ["Clock", "SystemClock", "TimerHandle", "wait_event"]
 
 
 class TimerHandle(Protocol):
@@ -37,3 +37,18 @@ class SystemClock:
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         return asyncio.get_running_loop().call_later(max(0.0, delay), callback)
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``event``; whether it is set.
+
+    ``asyncio.timeout``, not ``asyncio.wait_for``: on Python 3.11, a task cancelled at
+    the moment ``wait_for``'s timeout fires can lose the cancellation and wait forever
+    (seen as an announcer that ignored SIGTERM).
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return event.is_set()
+    return True

@@ -90,6 +90,7 @@ class Reconciler:
         self._wake = asyncio.Event()
         self._timers: dict[str, tuple[float, TimerHandle]] = {}
         self._receipts: dict[str, tuple[float, float]] = {}  # last sent, interval
+        self._interrupted: set[str] = set()  # hooks a stop cut short (for the exit status)
         self._move_checks: dict[str, tuple[int, float]] = {}  # checks so far, next due
         self._failures = 0
         self._trust_spent = False  # a registration spent a token's or a window's use
@@ -371,6 +372,8 @@ class Reconciler:
             return
         try:
             done = await self.registrations.register(fresh, dialed)
+            if done is not None and done.state is NodeState.INTERRUPTED:
+                self._interrupted.add(rec.node_id)  # the stop cut its hook short
             if done is not None and done.state is NodeState.REGISTERED:
                 # The receipt just went out; give the node time to re-announce.
                 self._receipts[rec.node_id] = (self._clock.time(), RECEIPT_RESEND_INTERVAL)
@@ -503,7 +506,9 @@ class Reconciler:
         for _, handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
-        working = self.pool.working_ids()
+        # The stop interrupts hooks at once (Daemon.stop): some registrations may
+        # already have recorded it before the drain began.
+        working = self.pool.working_ids() | self._interrupted
         await self.pool.drain(
             grace, interrupt=self.registrations.interrupt if self.registrations else None
         )
@@ -513,10 +518,17 @@ class Reconciler:
             if rec is None:
                 continue
             if rec.state is NodeState.REGISTERING and rec.claim_owner == self._owner:
-                rec = await self._stopped(rec) or rec
+                # Its registration may have recorded the outcome itself (the hook was
+                # interrupted) after the index last heard of it: the store says.
+                rec = await self._stopped(rec) or await self._stored(node_id) or rec
             if rec.state is NodeState.INTERRUPTED:
                 interrupted.append(rec)
         return interrupted
+
+    async def _stored(self, node_id: str) -> NodeRecord | None:
+        with contextlib.suppress(AutoregError):
+            return await self._store.get(node_id)
+        return None
 
     async def _stopped(self, rec: NodeRecord) -> NodeRecord | None:
         """A registration cut short by the stop: before its hook it starts over next

@@ -30,6 +30,7 @@ import random
 import time
 from typing import Final
 
+from .._clock import wait_event
 from .._config import Config
 from .._exceptions import AnnouncementError, AutoregError, ConfigError
 from ..protocol import (
@@ -145,8 +146,7 @@ class Announcer:
         try:
             await self._publish(ann)
             while not self._stopping.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), self.config.node.poll_interval)
+                await wait_event(self._stopping, self.config.node.poll_interval)
                 if self._stopping.is_set():
                     break
                 self.report.tick()
@@ -173,8 +173,7 @@ class Announcer:
         delay = REANNOUNCE_INITIAL
         while True:
             jittered = delay * (1 + random.uniform(-REANNOUNCE_JITTER, REANNOUNCE_JITTER))  # noqa: S311
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), jittered)
+            await wait_event(self._changed, jittered)
             if self._changed.is_set():  # the announcement changed: that was an announcement
                 self._changed.clear()
                 delay = REANNOUNCE_INITIAL

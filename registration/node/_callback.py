@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
+from .._clock import wait_event
 from .._config import CallbackConfig, Config
 from .._exceptions import AutoregError, ConfigError
 from .._sshkeys import parse_public_key
@@ -140,8 +141,7 @@ class CallbackService:
                 break
             delay = _next_delay(delay, *retry, reset=ended_stable)
             log.info("reconnecting in %.1fs", delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
+            await wait_event(self._stopping, delay)
 
     async def _controllers(self, config: Config) -> list[str]:
         """Where to call: the configured address, or (``auto``) the registrars that

@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from .._clock import wait_event
 from .._config import Config, NodeConfig
 from .._exceptions import AutoregError, RegistrarError
 from .._files import write_atomic
@@ -257,8 +258,7 @@ class NodeReport:
                 else:
                     follow = await self._follow(client, ann, token is not None, follow)
                     wait = follow if token is None else min(follow, max(0.0, post_due - now))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), max(0.05, wait))
+                await wait_event(self._changed, max(0.05, wait))
 
     async def _follow(
         self, client: RegistrarClient, ann: Announcement, signing: bool, follow: float
