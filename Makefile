@@ -26,6 +26,7 @@ demo: bootstrap
 
 lint: bootstrap
 	$(VENV)/bin/ruff check registration tests bench demo
+	$(VENV)/bin/ruff format --check registration tests bench demo
 	$(VENV)/bin/mypy --strict registration
 	shellcheck -x -P SCRIPTDIR scripts/walrus scripts/cc scripts/sc scripts/nc scripts/lib/autoreg-hook.sh tools/bootstrap.sh .ci/run
 

@@ -190,8 +190,7 @@ class ExecPart:
                 med["plain_sequential"] / med["plain_parallel"], 2
             ),
             "client_cpu_s": {
-                v: round(percentile([r[v]["client_cpu"] for r in rounds], 0.5), 3)
-                for v in variants
+                v: round(percentile([r[v]["client_cpu"] for r in rounds], 0.5), 3) for v in variants
             },
             "ssh_connections_per_node": {v: _counts(c) for v, c in connections.items()},
             "exec_per_node_s": _brief([x for r in rounds for x in r["exec"]["per_node"]]),

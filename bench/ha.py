@@ -217,15 +217,25 @@ def _etcd_version() -> str | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=300, help="nodes per part (default 300)")
-    parser.add_argument("--lease-ttl", type=float, default=15.0,
-                        help="the registrars' etcd_lease_ttl (default 15, the shipped one)")
-    parser.add_argument("--failover-nodes", type=int, default=40,
-                        help="nodes in the failover part (default 40)")
-    parser.add_argument("--hook-pause", type=float, default=3.0,
-                        help="seconds the hook sleeps in the failover part (default 3)")
+    parser.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=15.0,
+        help="the registrars' etcd_lease_ttl (default 15, the shipped one)",
+    )
+    parser.add_argument(
+        "--failover-nodes", type=int, default=40, help="nodes in the failover part (default 40)"
+    )
+    parser.add_argument(
+        "--hook-pause",
+        type=float,
+        default=3.0,
+        help="seconds the hook sleeps in the failover part (default 3)",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="per part (default 600)")
-    parser.add_argument("--no-sqlite", action="store_true",
-                        help="skip the baseline: one registrar on sqlite")
+    parser.add_argument(
+        "--no-sqlite", action="store_true", help="skip the baseline: one registrar on sqlite"
+    )
     parser.add_argument("--json-out", type=Path, help="also write the JSON to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()

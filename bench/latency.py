@@ -360,9 +360,11 @@ class Bench:
             # checked and admitted by its token (grant token:ID, a use spent).
             ctl.extra["controller"] = {"trust": "open"}
             ctl.write_config()
-            self.join_token = ctl.cli(
-                "token", "create", "--role", ROLE, "--uses", "10000", "--ttl", "2h"
-            ).stdout.strip().splitlines()[-1]
+            self.join_token = (
+                ctl.cli("token", "create", "--role", ROLE, "--uses", "10000", "--ttl", "2h")
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             self.hook_dir = self.workdir / "hook-started"
             self.hook_dir.mkdir()
             ctl.hook(ROLE, HOOK.format(dir=shlex.quote(str(self.hook_dir))))

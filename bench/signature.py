@@ -80,9 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         lambda c: verify(c, token.key, now=now, window=SIGNATURE_WINDOW), claims, args.rounds
     )
     median = sorted(check)[len(check) // 2]
-    added = sorted(decode_signed)[len(decode_signed) // 2] - sorted(decode_unsigned)[
-        len(decode_unsigned) // 2
-    ]
+    added = (
+        sorted(decode_signed)[len(decode_signed) // 2]
+        - sorted(decode_unsigned)[len(decode_unsigned) // 2]
+    )
     report: dict[str, Any] = {
         "benchmark": "signature",
         "records": args.records,

@@ -80,9 +80,7 @@ class SwarmBench:
         args = self.args
         slots = max(args.nodes, 2 * args.genuine if args.flood else 0)
         started = time.monotonic()
-        with SwarmLab(
-            self.workdir, index=LAB_INDEX, nodes=slots, bogus=args.flood, log=log
-        ) as lab:
+        with SwarmLab(self.workdir, index=LAB_INDEX, nodes=slots, bogus=args.flood, log=log) as lab:
             self.setup_s = round(time.monotonic() - started, 1)
             log(f"lab up in {self.setup_s} s; workdir {self.workdir}")
             for run in range(1, args.runs + 1):

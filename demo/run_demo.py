@@ -136,8 +136,9 @@ class Out:
             return
         with self.lock:
             self._seq += 1
-            heapq.heappush(self._pending, (ts, self._seq, time.monotonic(), tag, color, kind,
-                                           message))
+            heapq.heappush(
+                self._pending, (ts, self._seq, time.monotonic(), tag, color, kind, message)
+            )
 
     def flush_events(self, *, everything: bool = False) -> None:
         with self.lock:
@@ -145,8 +146,10 @@ class Out:
             while self._pending and (everything or self._pending[0][2] <= ripe):
                 ts, _, _, tag, color, kind, message = heapq.heappop(self._pending)
                 stamp = f"{max(0.0, ts - self.t0):5.1f}s"
-                print(self.short(f"   {self._c(color, tag)} {stamp}  {kind:<11} {message}"),
-                      flush=True)
+                print(
+                    self.short(f"   {self._c(color, tag)} {stamp}  {kind:<11} {message}"),
+                    flush=True,
+                )
 
     def _flusher(self) -> None:
         while not self._stop.wait(0.1):
@@ -173,22 +176,44 @@ HIDDEN_KINDS = frozenset({"schema"})
 class Follower:
     """Runs ``autoreg -c CONF events --follow --json`` and prints each event, tagged."""
 
-    def __init__(self, station: Station, tag: str, color: str, out: Out, budget: float, *,
-                 register: Callable[[Follower], None]) -> None:
+    def __init__(
+        self,
+        station: Station,
+        tag: str,
+        color: str,
+        out: Out,
+        budget: float,
+        *,
+        register: Callable[[Follower], None],
+    ) -> None:
         self.station = station
         self.tag = tag
         self.color = color
         self.out = out
         self.last_seq = 0
         self.ended_reported = False
-        self.argv = autoreg_argv("-c", str(station.conf), "events", "--follow", "--json",
-                                 "-n", "1000", "--timeout", f"{budget:.0f}")
+        self.argv = autoreg_argv(
+            "-c",
+            str(station.conf),
+            "events",
+            "--follow",
+            "--json",
+            "-n",
+            "1000",
+            "--timeout",
+            f"{budget:.0f}",
+        )
         self.thread = threading.Thread(target=self._pump, name=f"follow-{tag}", daemon=True)
         self.err_path = station.host.workdir / "events-follow.err"
         with self.err_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True, text=True,
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                start_new_session=True,
+                text=True,
             )
         register(self)  # at once, so that cleanup finds it whatever happens next
         self.thread.start()
@@ -202,8 +227,13 @@ class Follower:
                 self.out.say(f"   {self.tag} {line.rstrip()}")
                 continue
             if event.get("kind") not in HIDDEN_KINDS:
-                self.out.event(self.tag, self.color, float(event.get("ts") or 0),
-                               str(event.get("kind")), str(event.get("message")))
+                self.out.event(
+                    self.tag,
+                    self.color,
+                    float(event.get("ts") or 0),
+                    str(event.get("kind")),
+                    str(event.get("message")),
+                )
             self.last_seq = int(event.get("seq") or self.last_seq)
 
     def sync(self, timeout: float = SYNC_TIMEOUT) -> None:
@@ -218,8 +248,11 @@ class Follower:
             err = ""
             with contextlib.suppress(OSError):
                 err = self.err_path.read_text(errors="replace").strip()
-            self.out.say(f"   {self.tag} (event stream ended, exit {self.proc.returncode}"
-                         + (f": {err.splitlines()[-1]}" if err else "") + ")")
+            self.out.say(
+                f"   {self.tag} (event stream ended, exit {self.proc.returncode}"
+                + (f": {err.splitlines()[-1]}" if err else "")
+                + ")"
+            )
         deadline = time.monotonic() + timeout
         while self.last_seq < target and self.proc.poll() is None:
             if time.monotonic() >= deadline:
@@ -300,21 +333,26 @@ class Demo:
         try:
             result = station.cli(*args, check=False, timeout=30)
         except subprocess.TimeoutExpired as exc:
-            raise DemoError(f"`autoreg {' '.join(args)}` on {station.host.name} took over "
-                            "30s") from exc
+            raise DemoError(
+                f"`autoreg {' '.join(args)}` on {station.host.name} took over 30s"
+            ) from exc
         if result.returncode != 0:
-            raise DemoError(f"`autoreg {' '.join(args)}` on {station.host.name} exited "
-                            f"{result.returncode}: {result.stderr.strip()}")
+            raise DemoError(
+                f"`autoreg {' '.join(args)}` on {station.host.name} exited "
+                f"{result.returncode}: {result.stderr.strip()}"
+            )
         if show:
             with self.out.lock:  # the command and its output together, then its events
-                self.out.command(f"autoreg -c {self.conf(station)} "
-                                 + " ".join(_q(a) for a in args))
+                self.out.command(
+                    f"autoreg -c {self.conf(station)} " + " ".join(_q(a) for a in args)
+                )
                 self.out.block(result.stdout or result.stderr)
             self.sync()
         return result.stdout
 
-    def wait(self, what: str, predicate: Callable[[], Any],
-             diagnose: Callable[[], str] = lambda: "") -> Any:
+    def wait(
+        self, what: str, predicate: Callable[[], Any], diagnose: Callable[[], str] = lambda: ""
+    ) -> Any:
         deadline = time.monotonic() + self.timeout
         while True:
             value = predicate()
@@ -322,12 +360,15 @@ class Demo:
                 return value
             if time.monotonic() >= deadline:
                 detail = diagnose()
-                raise DemoError(f"timed out after {self.timeout:g}s waiting for {what}"
-                                + (f"\n{detail}" if detail else ""))
+                raise DemoError(
+                    f"timed out after {self.timeout:g}s waiting for {what}"
+                    + (f"\n{detail}" if detail else "")
+                )
             time.sleep(POLL)
 
-    def wait_state(self, registrar: Station, node: Station, *states: NodeState,
-                   reason: str | None = None) -> Any:
+    def wait_state(
+        self, registrar: Station, node: Station, *states: NodeState, reason: str | None = None
+    ) -> Any:
         names = "/".join(s.value for s in states)
         what = f"{registrar.host.name} to record {node.host.name} as {names}"
         if reason:
@@ -341,8 +382,11 @@ class Demo:
 
         def diagnose() -> str:
             rec = registrar.node(node.node_id)
-            now = (f"{node.host.name} is {rec.state.value}: {rec.reason}" if rec
-                   else f"{registrar.host.name} has not seen {node.host.name} at all")
+            now = (
+                f"{node.host.name} is {rec.state.value}: {rec.reason}"
+                if rec
+                else f"{registrar.host.name} has not seen {node.host.name} at all"
+            )
             return f"  {now}\n" + self.log_tails(registrar, node)
 
         return self.wait(what, check, diagnose)
@@ -354,8 +398,10 @@ class Demo:
                 if proc is None:
                     continue
                 tail = proc.log_text().splitlines()[-lines:]
-                parts.append(f"  --- {st.host.name} {label} log ({proc.log_path}), last "
-                             f"{len(tail)} lines ---")
+                parts.append(
+                    f"  --- {st.host.name} {label} log ({proc.log_path}), last "
+                    f"{len(tail)} lines ---"
+                )
                 parts.extend(f"  {line}" for line in tail)
         return "\n".join(parts)
 
@@ -369,12 +415,22 @@ class Demo:
         self.stations[station.host.name] = station
         return station
 
-    def registrar(self, name: str, role: str, *, node_role: str | None = None,
-                  hooks: tuple[str, ...], credentials: dict[str, str]) -> Station:
+    def registrar(
+        self,
+        name: str,
+        role: str,
+        *,
+        node_role: str | None = None,
+        hooks: tuple[str, ...],
+        credentials: dict[str, str],
+    ) -> Station:
         assert self.alab is not None
         cluster = CLUSTER if node_role else None
-        st = self._adopt(self.alab.registrar(name, role, cluster=cluster, node_role=node_role,
-                                                 node_id=node_id_for_demo()))
+        st = self._adopt(
+            self.alab.registrar(
+                name, role, cluster=cluster, node_role=node_role, node_id=node_id_for_demo()
+            )
+        )
         st.hooks_dir.mkdir(parents=True, exist_ok=True)
         for hook in hooks:  # shipped scripts, linked: they find lib/ through readlink -f
             (st.hooks_dir / hook).symlink_to(SCRIPTS / hook)
@@ -384,9 +440,11 @@ class Demo:
         creds.mkdir(mode=0o700, exist_ok=True)
         for file_name, what in credentials.items():
             path = creds / file_name
-            path.write_text(f"# autoreg demo placeholder: {what}\n"
-                            f"# (not a real key) generated {time.strftime('%Y-%m-%d %H:%M:%S')} "
-                            f"on {name}, token {secrets.token_hex(8)}\n")
+            path.write_text(
+                f"# autoreg demo placeholder: {what}\n"
+                f"# (not a real key) generated {time.strftime('%Y-%m-%d %H:%M:%S')} "
+                f"on {name}, token {secrets.token_hex(8)}\n"
+            )
             path.chmod(0o600)
         return st
 
@@ -436,11 +494,19 @@ class Demo:
         self.act4_hook()
         self.act5_trust()
         done = self.done
-        counts = {"clc": [n for n in ("walrus", "cc1", "sc1") if n in done],
-                  "cc1": [n for n in ("nc1", "nc2", "nc3", "nc4", "nc5", "nc6") if n in done]}
-        return {"registered": counts, "refused": ["sc2"], "locked_then_registered": ["nc3"],
-                "denied": ["rogue"], "approved": ["nc4"], "window": ["nc5", "nc6"],
-                "pending": ["nc7"]}
+        counts = {
+            "clc": [n for n in ("walrus", "cc1", "sc1") if n in done],
+            "cc1": [n for n in ("nc1", "nc2", "nc3", "nc4", "nc5", "nc6") if n in done],
+        }
+        return {
+            "registered": counts,
+            "refused": ["sc2"],
+            "locked_then_registered": ["nc3"],
+            "denied": ["rogue"],
+            "approved": ["nc4"],
+            "window": ["nc5", "nc6"],
+            "pending": ["nc7"],
+        }
 
     def token(self, registrar: Station, *args: str) -> str:
         """`autoreg token create ARGS`, shown; the token (ID.SECRET) from its last line."""
@@ -457,13 +523,26 @@ class Demo:
         """The hosts, their sshds, keys, hooks and credentials; nothing runs yet."""
         out = self.out
         self.alab = alab = AutoregLab(lab)
-        out.say(f"   The lab: one private bridge in its own network namespace, every host in its "
-                f"own\n   namespace on {lab.subnet} with a real sshd.")
-        clc = self.registrar("clc", "clc", hooks=("walrus", "cc", "sc"),
-                             credentials={"cloud-cert.pem": "the cloud certificate"})
-        cc1 = self.registrar("cc1", "cc", node_role="cc", hooks=("nc",),
-                             credentials={"cluster-cert.pem": "cluster foo's certificate",
-                                          "node-cert.pem": "the NCs' certificate"})
+        out.say(
+            f"   The lab: one private bridge in its own network namespace, every host in its "
+            f"own\n   namespace on {lab.subnet} with a real sshd."
+        )
+        clc = self.registrar(
+            "clc",
+            "clc",
+            hooks=("walrus", "cc", "sc"),
+            credentials={"cloud-cert.pem": "the cloud certificate"},
+        )
+        cc1 = self.registrar(
+            "cc1",
+            "cc",
+            node_role="cc",
+            hooks=("nc",),
+            credentials={
+                "cluster-cert.pem": "cluster foo's certificate",
+                "node-cert.pem": "the NCs' certificate",
+            },
+        )
         walrus = self.node("walrus", "walrus")
         sc1 = self.node("sc1", "sc", CLUSTER)
         nc1 = self.node("nc1", "nc", CLUSTER)
@@ -480,14 +559,41 @@ class Demo:
         out.header(self.act)
         self.build(lab)
         clc, cc1, walrus, sc1, nc1, nc2 = (
-            self.stations[n] for n in ("clc", "cc1", "walrus", "sc1", "nc1", "nc2"))
+            self.stations[n] for n in ("clc", "cc1", "walrus", "sc1", "nc1", "nc2")
+        )
 
-        out.step("The admin vouches for the machines being installed: join tokens, one use "
-                 "per machine (install media carry one each; here they are handed over)")
-        for_clc = self.token(clc, "--role", "walrus", "--role", "cc", "--role", "sc",
-                             "--uses", "3", "--ttl", "1h", "--description", "demo: the cloud")
-        for_cc1 = self.token(cc1, "--role", "nc", "--cluster", CLUSTER, "--uses", "3",
-                             "--ttl", "1h", "--description", "demo: cluster foo's NCs")
+        out.step(
+            "The admin vouches for the machines being installed: join tokens, one use "
+            "per machine (install media carry one each; here they are handed over)"
+        )
+        for_clc = self.token(
+            clc,
+            "--role",
+            "walrus",
+            "--role",
+            "cc",
+            "--role",
+            "sc",
+            "--uses",
+            "3",
+            "--ttl",
+            "1h",
+            "--description",
+            "demo: the cloud",
+        )
+        for_cc1 = self.token(
+            cc1,
+            "--role",
+            "nc",
+            "--cluster",
+            CLUSTER,
+            "--uses",
+            "3",
+            "--ttl",
+            "1h",
+            "--description",
+            "demo: cluster foo's NCs",
+        )
         for st in (walrus, sc1, cc1):
             self.give_token(st, for_clc)
         for st in (nc1, nc2):
@@ -502,23 +608,28 @@ class Demo:
             budget = max(300.0, 8 * self.timeout)  # they also stop on their own
             for st, tag, color in ((clc, "[clc]", "36"), (cc1, "[cc] ", "35")):
                 Follower(st, tag, color, out, budget, register=self.followers.append)
-            out.say("   Live event logs below: `autoreg events --follow` of each registrar, "
-                    "tagged [clc] / [cc],\n   with seconds since the demo started.")
-        self.wait("cc1's registrar to start in standby",
-                  lambda: self.registrar_state(cc1) == "standby")
+            out.say(
+                "   Live event logs below: `autoreg events --follow` of each registrar, "
+                "tagged [clc] / [cc],\n   with seconds since the demo started."
+            )
+        self.wait(
+            "cc1's registrar to start in standby", lambda: self.registrar_state(cc1) == "standby"
+        )
         self.pause(0.5)
-        out.step(f"cc1's registrar announces state={self.registrar_state(cc1)}: it is not "
-                 "registered itself yet, so it registers nobody")
+        out.step(
+            f"cc1's registrar announces state={self.registrar_state(cc1)}: it is not "
+            "registered itself yet, so it registers nobody"
+        )
         self.pause()
 
-        out.step("Booting nc1, nc2 and sc1 first: all three depend on the CC, which is not "
-                 "up yet")
+        out.step("Booting nc1, nc2 and sc1 first: all three depend on the CC, which is not up yet")
         for st in (nc1, nc2, sc1):
             self.boot(st)
         self.wait_state(clc, sc1, S.WAITING, reason="waiting for cc of cluster foo")
         for nc in (nc1, nc2):
-            self.wait_state(cc1, nc, S.WAITING,
-                            reason="waiting for this cc foo to be registered itself")
+            self.wait_state(
+                cc1, nc, S.WAITING, reason="waiting for this cc foo to be registered itself"
+            )
         self.pause(0.5)
         out.ok("sc1 and both NCs are waiting, each with the reason it waits")
         self.pause()
@@ -531,8 +642,10 @@ class Demo:
         out.ok("walrus registered")
         self.pause()
 
-        out.step("Booting cc1 last (the CC is a node too): the CLC registers it, then sc1 "
-                 "(on the CLC) and the NCs (on cc1) follow")
+        out.step(
+            "Booting cc1 last (the CC is a node too): the CLC registers it, then sc1 "
+            "(on the CLC) and the NCs (on cc1) follow"
+        )
         self.boot(cc1)
         done["cc1"] = self.wait_state(clc, cc1, S.REGISTERED)
         done["sc1"] = self.wait_state(clc, sc1, S.REGISTERED)
@@ -543,12 +656,16 @@ class Demo:
         cc_at = done["cc1"].registered_at
         for name in ("sc1", "nc1", "nc2"):
             at = done[name].registered_at
-            self.expect(at is not None and cc_at is not None and at > cc_at,
-                        f"{name} was registered before cc1 (ordering broken)")
+            self.expect(
+                at is not None and cc_at is not None and at > cc_at,
+                f"{name} was registered before cc1 (ordering broken)",
+            )
         order = sorted(done.items(), key=lambda kv: kv[1].registered_at)
-        out.ok("registered in dependency order: " + ", ".join(
-            f"{name} +{rec.registered_at - out.t0:.1f}s" for name, rec in order)
-            + f"; cc1's registrar is now {self.registrar_state(cc1)}")
+        out.ok(
+            "registered in dependency order: "
+            + ", ".join(f"{name} +{rec.registered_at - out.t0:.1f}s" for name, rec in order)
+            + f"; cc1's registrar is now {self.registrar_state(cc1)}"
+        )
         self.pause()
 
     def act2_tables(self) -> None:
@@ -569,8 +686,10 @@ class Demo:
         out.header(self.act)
         out.step("Freezing NC registration on cc1 (live, no restart):")
         self.cli(cc1, "lockdown", "on", "--role", "nc", "--reason", "demo: cluster foo is full")
-        self.wait("cc1's registrar to announce state=locked",
-                  lambda: self.registrar_state(cc1) == "locked")
+        self.wait(
+            "cc1's registrar to announce state=locked",
+            lambda: self.registrar_state(cc1) == "locked",
+        )
         self.pause(0.5)
         out.ok("cc1's registrar now announces state=locked")
         out.step("Booting a third NC, nc3:")
@@ -582,32 +701,39 @@ class Demo:
         hold = LOCK_HOLD if not self.args.fast else 1.0
         time.sleep(hold)
         rec = cc1.node(nc3.node_id)
-        self.expect(rec is not None and rec.state is S.LOCKED,
-                    f"nc3 did not stay locked: {rec.state.value if rec else 'unknown'}")
+        self.expect(
+            rec is not None and rec.state is S.LOCKED,
+            f"nc3 did not stay locked: {rec.state.value if rec else 'unknown'}",
+        )
         self.sync()
         out.ok(f"nc3 is still locked {hold:g}s later, and the list says why:")
         self.cli(cc1, "list", "--state", "locked")
         self.pause()
 
-        out.step("Booting a second storage controller for cluster foo, sc2 (with a token of "
-                 "its own):")
+        out.step(
+            "Booting a second storage controller for cluster foo, sc2 (with a token of its own):"
+        )
         sc2 = self.node("sc2", "sc", CLUSTER)
         self.alab_authorize()
         self.give_token(sc2, self.token(clc, "--role", "sc", "--cluster", CLUSTER, "--ttl", "1h"))
         self.boot(sc2)
-        refused = self.wait_state(clc, sc2, S.REFUSED,
-                                  reason=f"a sc for cluster {CLUSTER} is already registered: sc1")
+        refused = self.wait_state(
+            clc, sc2, S.REFUSED, reason=f"a sc for cluster {CLUSTER} is already registered: sc1"
+        )
         self.pause(0.5)
         self.expect("autoreg forget" in refused.reason, f"unexpected reason: {refused.reason}")
-        out.ok("sc2 is refused, not queued: one SC per cluster, and the reason names the holder "
-               "and how to replace it")
+        out.ok(
+            "sc2 is refused, not queued: one SC per cluster, and the reason names the holder "
+            "and how to replace it"
+        )
         self.pause()
 
         out.step("Lifting the lockdown on cc1: the waiting nc3 registers at once")
         self.cli(cc1, "lockdown", "off", "--role", "nc")
         self.done["nc3"] = self.wait_state(cc1, nc3, S.REGISTERED)
-        self.wait("cc1's registrar to be active again",
-                  lambda: self.registrar_state(cc1) == "active")
+        self.wait(
+            "cc1's registrar to be active again", lambda: self.registrar_state(cc1) == "active"
+        )
         self.pause(0.5)
         out.ok("nc3 registered; cc1's registrar is active again")
         self.pause()
@@ -621,8 +747,7 @@ class Demo:
         clc, cc1 = self.stations["clc"], self.stations["cc1"]
         self.act = "5. Trust: nothing registers just because it spoke"
         out.header(self.act)
-        out.step("A machine nobody vouched for, `rogue`, announces itself as a Walrus "
-                 "(no token):")
+        out.step("A machine nobody vouched for, `rogue`, announces itself as a Walrus (no token):")
         rogue = self.node("rogue", "walrus")
         self.alab_authorize()
         self.boot(rogue)
@@ -630,8 +755,10 @@ class Demo:
         assert rogue.sshd is not None
         contacted = rogue.sshd.proc.log_text().count(f"Connection from {clc.host.ip} ")
         self.expect(contacted == 0, "the CLC connected to a pending node")
-        out.ok(f"rogue waits in the approval queue ({rec.reason.split(':')[0]}); the CLC has "
-               "not opened a single SSH connection to it")
+        out.ok(
+            f"rogue waits in the approval queue ({rec.reason.split(':')[0]}); the CLC has "
+            "not opened a single SSH connection to it"
+        )
         self.cli(clc, "pending")
         self.cli(clc, "deny", "rogue", "--reason", "demo: not in the inventory")
         self.wait_state(clc, rogue, S.REJECTED, reason="denied by admin")
@@ -655,13 +782,17 @@ class Demo:
         for st in late[:2]:
             self.boot(st)
             self.done[st.host.name] = self.wait_state(cc1, st, S.REGISTERED)
-        self.wait("the window to seal itself", lambda: "sealed" in self.cli(
-            cc1, "window", "status", show=False))
+        self.wait(
+            "the window to seal itself",
+            lambda: "sealed" in self.cli(cc1, "window", "status", show=False),
+        )
         self.boot(late[2])
         self.wait_state(cc1, late[2], S.PENDING)
         self.cli(cc1, "window", "status")
-        out.ok("nc5 and nc6 registered, the window sealed itself after two, and nc7 waits "
-               "for an approval")
+        out.ok(
+            "nc5 and nc6 registered, the window sealed itself after two, and nc7 waits "
+            "for an approval"
+        )
         self.pause()
 
     def act4_hook(self) -> None:
@@ -674,8 +805,10 @@ class Demo:
     def show_hook_work(self, registrar: Station, node: Station) -> None:
         out = self.out
         node_dir = node.receipt.parent
-        out.step(f"The nc hook's own report for {node.host.name}, kept in cc1's event log "
-                 f"(`autoreg show {node.host.name}`):")
+        out.step(
+            f"The nc hook's own report for {node.host.name}, kept in cc1's event log "
+            f"(`autoreg show {node.host.name}`):"
+        )
         events = registrar.events(node.node_id)
         hook_runs = [e for e in events if e.kind == "registered" and e.data.get("hook")]
         self.expect(bool(hook_runs), f"no hook run recorded for {node.host.name}")
@@ -685,8 +818,10 @@ class Demo:
             out.block(str(run["stderr"]).rstrip(), indent="     stderr: ")
         out.say(f"   exit {run.get('exit')} after {run.get('duration')}s")
 
-        out.step(f"On the node {node.host.name}: its autoreg directory (in real life "
-                 f"/var/lib/autoreg/node; here {self.out.short(str(node_dir))}):")
+        out.step(
+            f"On the node {node.host.name}: its autoreg directory (in real life "
+            f"/var/lib/autoreg/node; here {self.out.short(str(node_dir))}):"
+        )
         listing = []
         for path in sorted(node_dir.rglob("*")):
             info = path.lstat()
@@ -701,25 +836,35 @@ class Demo:
         cred = node_dir / "credentials" / "cluster-cert.pem"
         self.expect(cred.is_file(), f"the credentials did not reach {node.host.name}")
         source = registrar.host.workdir / "credentials" / "cluster-cert.pem"
-        self.expect(cred.read_bytes() == source.read_bytes(),
-                    f"{cred} differs from the registrar's {source}")
-        out.ok("credentials/cluster-cert.pem on the node is byte-identical to cc1's, mode "
-               f"{stat.filemode(cred.stat().st_mode)}")
+        self.expect(
+            cred.read_bytes() == source.read_bytes(),
+            f"{cred} differs from the registrar's {source}",
+        )
+        out.ok(
+            "credentials/cluster-cert.pem on the node is byte-identical to cc1's, mode "
+            f"{stat.filemode(cred.stat().st_mode)}"
+        )
 
         access = registrar.state_dir / "nodes" / node.node_id
         assert node.sshd is not None
         known = (access / "known_hosts").read_text().split("\n")
         keys = {" ".join(line.split()[1:3]) for line in known if line.strip()}
-        self.expect(keys == {node.sshd.host_public_key},
-                    f"{access / 'known_hosts'} does not hold exactly {node.host.name}'s host key")
-        out.ok(f"the hook reached {node.host.name} only through `ssh -F "
-               f"{self.out.short(str(access / 'ssh_config'))} node`, whose known_hosts holds "
-               f"exactly the host key verified against the announced fingerprint "
-               f"({node.sshd.fingerprint})")
+        self.expect(
+            keys == {node.sshd.host_public_key},
+            f"{access / 'known_hosts'} does not hold exactly {node.host.name}'s host key",
+        )
+        out.ok(
+            f"the hook reached {node.host.name} only through `ssh -F "
+            f"{self.out.short(str(access / 'ssh_config'))} node`, whose known_hosts holds "
+            f"exactly the host key verified against the announced fingerprint "
+            f"({node.sshd.fingerprint})"
+        )
 
         registry = registrar.state_dir / "registry" / f"{node.role}.tsv"
-        out.step("On the registrar cc1: the registry the nc hook appends to (the stand-in for "
-                 "`euca_conf --register-nodes`):")
+        out.step(
+            "On the registrar cc1: the registry the nc hook appends to (the stand-in for "
+            "`euca_conf --register-nodes`):"
+        )
         self.expect(registry.is_file(), f"no registry file {registry}")
         out.command(f"cat {self.out.short(str(registry))}   # tab-separated; aligned here")
         out.block(_columns(registry.read_text()))
@@ -740,8 +885,7 @@ class Demo:
 def _columns(tsv: str) -> str:
     rows = [line.split("\t") for line in tsv.splitlines() if line]
     widths = [max(len(r[i]) for r in rows if i < len(r)) for i in range(max(map(len, rows)))]
-    return "\n".join("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip()
-                     for r in rows)
+    return "\n".join("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in rows)
 
 
 def _q(arg: str) -> str:
@@ -751,6 +895,7 @@ def _q(arg: str) -> str:
 @contextlib.contextmanager
 def signals_raise() -> Iterator[None]:
     """SIGINT/SIGTERM/SIGHUP raise Interrupted in the main thread (so cleanup runs)."""
+
     def handler(signum: int, _frame: Any) -> NoReturn:
         raise Interrupted(signum)
 
@@ -764,9 +909,12 @@ def signals_raise() -> Iterator[None]:
 
 def signals_deferred(out: Out) -> None:
     """During cleanup, further signals only say that cleanup is under way."""
+
     def handler(signum: int, _frame: Any) -> None:
-        out.error(f"autoreg demo: {signal.Signals(signum).name} received; still cleaning up "
-                  "(namespaces, processes), a few seconds...")
+        out.error(
+            f"autoreg demo: {signal.Signals(signum).name} received; still cleaning up "
+            "(namespaces, processes), a few seconds..."
+        )
 
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, handler)
@@ -775,17 +923,30 @@ def signals_deferred(out: Out) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="autoreg live demo: a small Eucalyptus cloud in network namespaces "
-                    "registers itself (needs root).")
-    p.add_argument("--workdir", type=Path,
-                   help="working directory (must be empty or absent; default: a new temp dir); "
-                        "removed at the end unless --keep")
-    p.add_argument("--keep", action="store_true",
-                   help="keep the working directory (configs, state, logs) afterwards")
+        "registers itself (needs root)."
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        help="working directory (must be empty or absent; default: a new temp dir); "
+        "removed at the end unless --keep",
+    )
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the working directory (configs, state, logs) afterwards",
+    )
     p.add_argument("--fast", action="store_true", help="no pauses between the acts")
-    p.add_argument("--quiet", action="store_true",
-                   help="print only the final summary line (and errors)")
-    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                   help="how long each step may take before the demo fails (default 60)")
+    p.add_argument(
+        "--quiet", action="store_true", help="print only the final summary line (and errors)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long each step may take before the demo fails (default 60)",
+    )
     return p.parse_args(argv)
 
 
@@ -808,8 +969,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear st
     else:
         workdir = args.workdir.resolve()
         if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
-            out.error(f"autoreg demo: --workdir {workdir} exists and is not an empty directory "
-                      "(old state there would confuse the registrars); pick another")
+            out.error(
+                f"autoreg demo: --workdir {workdir} exists and is not an empty directory "
+                "(old state there would confuse the registrars); pick another"
+            )
             return 2
         created_workdir = not workdir.exists()
         workdir.mkdir(parents=True, exist_ok=True)
@@ -850,8 +1013,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear st
                 out.stop()
                 out.header("6. Cleaning up")
                 if lab is not None:
-                    out.step("stopping the registrars, announcers and sshds; deleting the "
-                             "namespaces")
+                    out.step(
+                        "stopping the registrars, announcers and sshds; deleting the namespaces"
+                    )
                     lab.close()
                 leaked = netlab.leaked_namespaces() + [str(p) for p in netlab.leaked_processes()]
                 if leaked:
@@ -885,10 +1049,12 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear st
     regs = result["registered"]
     total = sum(len(v) for v in regs.values())
     by = "; ".join(f"{k}: {', '.join(v)}" for k, v in regs.items())
-    line = (f"autoreg demo: OK — {total} nodes registered ({by}), "
-            f"{len(result['refused'])} refused (sc2), nc3 held by lockdown then registered, "
-            "rogue denied, nc4 approved, nc5/nc6 through an install window that sealed, "
-            f"nc7 pending, in {elapsed:.1f}s{cleanup_note}")
+    line = (
+        f"autoreg demo: OK — {total} nodes registered ({by}), "
+        f"{len(result['refused'])} refused (sc2), nc3 held by lockdown then registered, "
+        "rogue denied, nc4 approved, nc5/nc6 through an install window that sealed, "
+        f"nc7 pending, in {elapsed:.1f}s{cleanup_note}"
+    )
     with out.lock:
         print(line, flush=True)
     return code

@@ -337,8 +337,10 @@ def _etcd_prefix(value: str) -> str:
 def _lease_ttl(value: str) -> float:
     seconds = parse_duration(value)
     if not 10 <= seconds <= 3600:
-        raise ValueError("want 10 s to 1 h (a registrar that loses etcd stops acting "
-                         "6 s before its lease can run out)")
+        raise ValueError(
+            "want 10 s to 1 h (a registrar that loses etcd stops acting "
+            "6 s before its lease can run out)"
+        )
     return seconds
 
 

@@ -130,9 +130,7 @@ def api_identity_init(keys_dir: Path) -> tuple[ApiIdentity, bool]:
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=VALIDITY_DAYS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(API_HOST_ALIAS)]), critical=False
-        )
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(API_HOST_ALIAS)]), critical=False)
         .sign(key, hashes.SHA256())
     )
     key_pem = key.private_bytes(

@@ -48,6 +48,8 @@ __all__ = [
 DEFAULT_TOKEN_TTL: Final = 24 * 3600.0
 #: An install window stays open an hour unless told otherwise.
 DEFAULT_WINDOW: Final = 3600.0
+
+
 def _check_scope(config: Config, roles: Sequence[str], cluster: str | None) -> None:
     for role in roles:
         spec = config.profile.role(role)

@@ -328,6 +328,7 @@ def discover(obj: _Ctx, timeout: float, as_json: bool) -> None:
 @pass_ctx
 def list_(obj: _Ctx, as_json: bool, states: tuple[str, ...], role: str | None) -> None:
     """List known nodes with their state and the reason for it."""
+
     async def listing() -> list[Any]:
         async with _admin.store_for(obj.config(), readonly=True) as store:
             return await store.nodes()
@@ -371,6 +372,7 @@ def show(obj: _Ctx, node: str, as_json: bool, count: int, full: bool) -> None:
     Each hook run shows how it ended and the last lines of its output, saying
     when lines were left out; --full shows all that was kept.
     """
+
     async def detail() -> tuple[Any, list[Any]]:
         async with _admin.store_for(obj.config(), readonly=True) as store:
             rec = await store.find(node)
@@ -520,9 +522,11 @@ def _store_lines(report: dict[str, Any]) -> list[str]:
         else:
             role = "leader" if member.get("leader") else "follower"
             size = member.get("db_size")
-            what = f"{role}, etcd {member.get('version')}" + (
-                f", db {size / 1048576:.1f} MiB" if isinstance(size, int) else ""
-            ) + _errors_text(member)
+            what = (
+                f"{role}, etcd {member.get('version')}"
+                + (f", db {size / 1048576:.1f} MiB" if isinstance(size, int) else "")
+                + _errors_text(member)
+            )
         lines.append(f"  member {member['endpoint']}: {what}")
     if "state_error" in report:
         lines.append(f"  {report['state_error']}")

@@ -80,6 +80,7 @@ def tunnel_add(
 
     Prints the node's [callback] section.  Idempotent: a node keeps its ports.
     """
+
     async def add() -> tuple[Any, Path | None]:
         async with _admin.store_for(config) as store:
             return await controller.add_tunnel(
@@ -111,6 +112,7 @@ def tunnel_add(
 @pass_ctx
 def tunnel_remove(obj: _Ctx, node_id: str) -> None:
     """Revoke NODE_ID's callback key and free its ports."""
+
     async def remove() -> bool:
         async with _admin.store_for(config) as store:
             return await controller.remove_tunnel(config, store, node_id)
@@ -133,6 +135,7 @@ def tunnel_remove(obj: _Ctx, node_id: str) -> None:
 @pass_ctx
 def tunnel_list(obj: _Ctx, as_json: bool, probe: bool) -> None:
     """Allocated tunnels and whether each port leads to a live sshd now."""
+
     async def allocations() -> list[Any]:
         async with _admin.store_for(obj.config(), readonly=True) as store:
             return await store.tunnels()
@@ -189,6 +192,7 @@ def ssh(obj: _Ctx, node: str, command: tuple[str, ...]) -> None:
       autoreg ssh nc1                 # interactive shell
       autoreg ssh nc1 -- uptime       # one command
     """
+
     async def access() -> Any:
         async with _admin.store_for(config) as store:
             files, _ = await _remote.prepare_access(config, store, await store.find(node))

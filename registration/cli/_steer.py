@@ -37,6 +37,7 @@ def lockdown(obj: _Ctx, switch: str, role: str | None, reason: str, as_json: boo
     forgotten; turning lockdown off processes them.  The running daemon picks
     the change up within a fraction of a second.
     """
+
     async def status() -> dict[str, bool]:
         async with _admin.store_for(config, readonly=True) as store:
             return await store.lockdown()

@@ -394,8 +394,10 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> Refusal:
     status = exc.status
     if status == 413:
         return Refusal(413, "too-large", f"a body of at most {MAX_BODY} bytes")
-    if status == 404 and _VERSIONED.match(request.path) and not request.path.startswith(
-        f"/{API_VERSION}/"
+    if (
+        status == 404
+        and _VERSIONED.match(request.path)
+        and not request.path.startswith(f"/{API_VERSION}/")
     ):
         return Refusal(404, "unknown-api-version", f"this registrar speaks API {API_VERSION} "
                        f"(/{API_VERSION}/…)")  # fmt: skip

@@ -57,9 +57,7 @@ class RateLimiter:
         self.rate = rate
         self.capacity = max(1.0, rate * BURST)
         self._clock = clock
-        self._buckets: collections.OrderedDict[str, tuple[float, float]] = (
-            collections.OrderedDict()
-        )
+        self._buckets: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
 
     def take(self, source: str) -> float:
         """0.0 when ``source`` may go on now, else the seconds until it may."""

@@ -642,4 +642,3 @@ _OPEN_WARNING: Final = (
     "set [controller] trust = token (signed announcements, `autoreg token create`) "
     "or approve (every node waits for `autoreg approve`)"
 )
-

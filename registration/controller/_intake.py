@@ -238,9 +238,7 @@ class Intake:
         token = self._recon.index.token(claim.token_id)
         if token is None:
             return f"unverified: token {claim.token_id} is not known here", claim.token_id
-        why = verify(
-            claim, token.key, now=self._clock.time(), window=self._ctl.signature_window
-        )
+        why = verify(claim, token.key, now=self._clock.time(), window=self._ctl.signature_window)
         return (f"bad: {why}" if why else "signed"), claim.token_id
 
     def _untrusted_newcomer(self, me: Registrar, ann: Announcement, auth: str) -> bool:

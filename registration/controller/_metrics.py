@@ -36,8 +36,17 @@ log = logging.getLogger(__name__)
 HOOK_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 #: Event kinds that record a decision or the outcome of a registration.
 DECISION_KINDS: Final = frozenset({s.value for s in NodeState}) | frozenset(
-    ("ssh", "hook", "hook-failed", "spoofing", "interrupted", "recovered", "approve", "deny",
-     "retry")
+    (
+        "ssh",
+        "hook",
+        "hook-failed",
+        "spoofing",
+        "interrupted",
+        "recovered",
+        "approve",
+        "deny",
+        "retry",
+    )
 )
 WATCH_RETRY_MAX: Final = 30.0
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"

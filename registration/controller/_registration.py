@@ -58,11 +58,13 @@ class Registrations(Protocol):
         """Does ``rec`` (or ``address``: where it says it moved) answer a TCP connect?"""
         ...
 
-    async def register(self, rec: NodeRecord, dialed: Dialed | None = None) -> NodeRecord | None:
-        ...
+    async def register(
+        self, rec: NodeRecord, dialed: Dialed | None = None
+    ) -> NodeRecord | None: ...
 
-    async def redeliver_receipt(self, rec: NodeRecord, dialed: Dialed | None = None) -> str | None:
-        ...
+    async def redeliver_receipt(
+        self, rec: NodeRecord, dialed: Dialed | None = None
+    ) -> str | None: ...
 
     async def verify_move(self, rec: NodeRecord, dialed: Dialed | None = None) -> bool | None:
         """Does the address ``rec`` moved to present its registered key?  None: no answer."""
@@ -90,8 +92,7 @@ def retry_change(
     after an exponential, jittered backoff, or given up after ``max_attempts``."""
     if attempt >= ctl.max_attempts:
         reason = (
-            f"gave up after {attempt} attempts: {error}; "
-            f"`autoreg retry {rec.node_id}` to try again"
+            f"gave up after {attempt} attempts: {error}; `autoreg retry {rec.node_id}` to try again"
         )
         next_attempt = None
     else:

@@ -347,9 +347,7 @@ def open_verified(
         raise
 
 
-def _pump(
-    channel: paramiko.Channel, deadline: float, output: Callable[[str, bytes], None]
-) -> bool:
+def _pump(channel: paramiko.Channel, deadline: float, output: Callable[[str, bytes], None]) -> bool:
     """Hand on a command's output until it ends; False when ``deadline`` came first.
 
     The channel's ``fileno()`` is readable while output is buffered and stays so

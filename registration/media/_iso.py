@@ -139,9 +139,7 @@ def inspect_seed(path: Path) -> SeedReport:
             _check_callback(conf, written, problems)
             token_path = _check_token(conf, written, problems)
         secrets = sorted(
-            p
-            for p, (content, _) in written.items()
-            if "PRIVATE KEY" in content or p == token_path
+            p for p, (content, _) in written.items() if "PRIVATE KEY" in content or p == token_path
         )
         if not _authorized_keys(user):
             problems.append(

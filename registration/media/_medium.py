@@ -126,8 +126,7 @@ class Medium:
             )
         if self.callback is not None:
             parts.append(
-                "this node's own CALLBACK_KEY "
-                f"(revoke: autoreg tunnel remove {self.node.node_id})"
+                f"this node's own CALLBACK_KEY (revoke: autoreg tunnel remove {self.node.node_id})"
             )
         return "; ".join(parts) or "none (public keys only)"
 

@@ -79,9 +79,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     except ValueError as exc:  # json.JSONDecodeError is one
         raise AnnouncementError(f"not valid JSON: {str(exc)[:120]}", field="json") from exc
     if not isinstance(value, dict):
-        raise AnnouncementError(
-            f"want a JSON object, not {type(value).__name__}", field="json"
-        )
+        raise AnnouncementError(f"want a JSON object, not {type(value).__name__}", field="json")
     return value
 
 
@@ -91,11 +89,11 @@ def decode_announce_body(body: bytes) -> tuple[dict[str, str | None], int]:
     value = parse_json_object(body)
     port = value.get("port")
     if isinstance(port, bool) or not isinstance(port, int):
-        raise AnnouncementError("want the sshd port as a number, e.g. \"port\": 22", field="port")
+        raise AnnouncementError('want the sshd port as a number, e.g. "port": 22', field="port")
     txt = value.get("txt")
     if not isinstance(txt, dict):
         raise AnnouncementError(
-            "want the TXT record as an object of strings, e.g. \"txt\": {\"v\": \"1\", …}",
+            'want the TXT record as an object of strings, e.g. "txt": {"v": "1", …}',
             field="txt",
         )
     if len(txt) > MAX_TXT_KEYS:

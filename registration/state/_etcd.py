@@ -493,4 +493,3 @@ async def _follow(target: Callable[..., None], *args: Any) -> AsyncIterator[Any]
             yield await queue.get()
     finally:
         stop.set()
-

@@ -344,6 +344,7 @@ class EtcdBase:
 
     def prune_events(self, keep: int, max_age: float | None) -> int:
         """Delete all but the newest ``keep`` events and those older than ``max_age``."""
+
         def cutoff(tx: Txn) -> int:
             newest = tx.scan(self.keys.events, _end(self.keys.events), limit=keep + 1,
                              keys_only=True, descending=True)  # fmt: skip
@@ -367,6 +368,7 @@ class EtcdBase:
         upto = self._read(cutoff)
         pruned = 0
         while upto > 0:
+
             def chunk(tx: Txn) -> list[bytes]:
                 found = tx.scan(self.keys.events, self.keys.event_from(upto + 1), limit=55,
                                 keys_only=True)  # fmt: skip

@@ -227,7 +227,8 @@ class EtcdIO:
                 self._preferred = self.members.index(member)
             return answer
         raise EtcdUnavailable(
-            f"etcd: no member answered {what}: " + "; ".join(failures)
+            f"etcd: no member answered {what}: "
+            + "; ".join(failures)
             + (" (the write may still be applied)" if write else ""),
             ambiguous=write,
         )
@@ -261,9 +262,7 @@ class EtcdIO:
         out: list[dict[str, Any]] = []
         for member in self.members:
             try:
-                status = member.client.post(
-                    member.client.get_url("/maintenance/status"), json={}
-                )
+                status = member.client.post(member.client.get_url("/maintenance/status"), json={})
             except Exception as exc:
                 out.append({"endpoint": member.endpoint, "ok": False, "error": _reason(exc)})
                 continue

@@ -231,9 +231,7 @@ class EtcdNodes(EtcdBase):
             raise result
         return result
 
-    def change_many(
-        self, changes: Sequence[tuple[str, Change]]
-    ) -> list[NodeRecord | LostRace]:
+    def change_many(self, changes: Sequence[tuple[str, Change]]) -> list[NodeRecord | LostRace]:
         for _, change in changes:
             _check_static(change)  # a bug in the caller aborts before anything is written
 

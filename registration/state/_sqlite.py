@@ -109,9 +109,7 @@ class SqliteStore:
     async def info(self) -> dict[str, Any]:
         path = self._db.path
         size = sum(
-            p.stat().st_size
-            for p in (path, path.with_name(path.name + "-wal"))
-            if p.exists()
+            p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists()
         )
         return {"backend": "sqlite", "path": str(path), "bytes": size}
 

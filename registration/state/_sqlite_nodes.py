@@ -142,8 +142,7 @@ class NodeTables(Connection):
         where = (item.source.value, item.instance, item.observer)
         rows = list(
             conn.execute(
-                "SELECT node_id FROM presence WHERE source = ? AND instance = ? "
-                "AND observer = ?",
+                "SELECT node_id FROM presence WHERE source = ? AND instance = ? AND observer = ?",
                 where,
             )
         )
@@ -181,9 +180,7 @@ class NodeTables(Connection):
         with self._write() as conn:
             return self._change(conn, node_id, change, time.time())
 
-    def change_many(
-        self, changes: Sequence[tuple[str, Change]]
-    ) -> list[NodeRecord | LostRace]:
+    def change_many(self, changes: Sequence[tuple[str, Change]]) -> list[NodeRecord | LostRace]:
         """Each change on its own terms (a lost race drops that one only), one commit."""
         now = time.time()
         out: list[NodeRecord | LostRace] = []
@@ -214,8 +211,7 @@ class NodeTables(Connection):
             keyholder = self._key_holder(conn, fresh.fingerprint, exclude=node_id)
             if keyholder is not None:
                 raise LostRace(
-                    f"host key {fresh.fingerprint} is {keyholder.state.value} as "
-                    f"{keyholder.label}"
+                    f"host key {fresh.fingerprint} is {keyholder.state.value} as {keyholder.label}"
                 )
         if change.exclusive is not None:
             role, cluster = change.exclusive

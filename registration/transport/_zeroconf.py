@@ -27,6 +27,7 @@ __all__ = ["ZeroconfPublished", "ZeroconfTransport"]
 
 log = logging.getLogger(__name__)
 
+
 @dataclasses.dataclass(slots=True)
 class ZeroconfPublished(Published):
     info: AsyncServiceInfo | None = None

@@ -80,7 +80,9 @@ async def test_a_signed_post_registers_the_node_as_an_mdns_announcement_would(
         assert (reply["accepted"], reply["lease"]) == (True, 180.0)
         rec = await ep.h.state("walrus01", S.REGISTERED)
         assert (rec.source, rec.auth, rec.granted) == (
-            Source.UNICAST, "signed", f"token:{token.token_id}"
+            Source.UNICAST,
+            "signed",
+            f"token:{token.token_id}",
         )
         assert ep.h.script.calls == ["walrus01"]
         view = await client.node("walrus01", ann.fingerprint)

@@ -182,9 +182,7 @@ def test_a_cc_in_another_cluster_does_not_count() -> None:
 
 def test_unique_none_allows_many_ncs() -> None:
     others = [node(f"n000000{i}", "nc", "foo", NodeState.REGISTERED) for i in range(3)]
-    assert (
-        decide(node("n0000009", "nc", "foo"), CC_FOO, view(*others)).state is NodeState.QUEUED
-    )
+    assert decide(node("n0000009", "nc", "foo"), CC_FOO, view(*others)).state is NodeState.QUEUED
 
 
 def test_lock_comes_before_refuse() -> None:
@@ -216,8 +214,7 @@ def test_sc_requirement_not_satisfied(cc: NodeRecord) -> None:
 def test_sc_registered_once_its_cc_is() -> None:
     cc = node("c0000001", "cc", "foo", NodeState.REGISTERED)
     assert decide(node("s0000001", "sc", "foo"), CLC, view(cc)) == Decision(
-        NodeState.QUEUED, "all requirements met: waits for an SSH slot", ("sc", "foo"),
-        grant="open"
+        NodeState.QUEUED, "all requirements met: waits for an SSH slot", ("sc", "foo"), grant="open"
     )
 
 
@@ -259,9 +256,7 @@ def test_custom_profile_registrar_with_cluster_owns_cluster_less_roles() -> None
     )
     me = Registrar(role="cc", cluster="foo", profile=profile)
     assert owns(me, "agent", None) is None
-    assert decide(node("a0000001", "agent"), me, view(profile=profile)).state is (
-        NodeState.QUEUED
-    )
+    assert decide(node("a0000001", "agent"), me, view(profile=profile)).state is (NodeState.QUEUED)
 
 
 # -- one host key is one node ----------

@@ -30,6 +30,7 @@ async def test_a_node_that_answers_is_registered_during_a_flood_of_silent_ones(
         assert h.script.calls == ["walrus01"]  # not one SSH slot went to a silent node
         queued = [r for r in h.daemon.reconciler.index if r.state is S.QUEUED]
         assert len(queued) == 300  # visibly waiting, none "registering"
+
         # their dials time out, 64 at a time (max_probes): unreachable, with backoff
         def bogus() -> list[NodeRecord]:
             return [r for r in h.daemon.reconciler.index if r.node_id.startswith("bogus")]

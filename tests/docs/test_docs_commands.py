@@ -258,7 +258,7 @@ def _autoreg_wrapper(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     wrapper = directory / "autoreg"
     wrapper.write_text(
-        f'#!/bin/sh\nPYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}} '
+        f"#!/bin/sh\nPYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}} "
         f'exec {sys.executable} -m registration "$@"\n'
     )
     wrapper.chmod(0o755)
@@ -321,8 +321,14 @@ def test_sshd_block_runs_and_sshd_accepts_the_result(block: Block, tmp_path: Pat
     assert any(c.startswith("adduser --system") and c.endswith("autoreg-callback") for c in stubbed)
     assert "systemctl reload ssh" in stubbed  # reached only when sshd -t passed
     callback = (out / "callback").read_text().splitlines()
-    for setting in ("port 22", "port 2222", "forcecommand /bin/false", "allowtcpforwarding remote",
-                    "permittty no", "authorizedkeysfile /etc/autoreg/callback_authorized_keys"):
+    for setting in (
+        "port 22",
+        "port 2222",
+        "forcecommand /bin/false",
+        "allowtcpforwarding remote",
+        "permittty no",
+        "authorizedkeysfile /etc/autoreg/callback_authorized_keys",
+    ):
         assert setting in callback, setting  # fmt: skip
     root = (out / "root").read_text().splitlines()
     # The Match block holds nothing global: another user keeps Debian's settings.

@@ -254,10 +254,22 @@ def test_malformed_announcements_rejected_while_daemon_keeps_serving(
     }
     spec = [{"instance": name, "port": 22, "txt": txt} for name, (txt, _) in bad.items()]
     assert other.sshd is not None
-    spec.append({"instance": "hand-written", "port": other.sshd.port,
-                 "txt": ["v=1", "role=cc", "cluster=foo", f"id={other.node_id}",
-                         f"ip={other.host.ip}", f"fp={other.sshd.fingerprint}", "state=ready",
-                         "future-key=ignored"]})
+    spec.append(
+        {
+            "instance": "hand-written",
+            "port": other.sshd.port,
+            "txt": [
+                "v=1",
+                "role=cc",
+                "cluster=foo",
+                f"id={other.node_id}",
+                f"ip={other.host.ip}",
+                f"fp={other.sshd.fingerprint}",
+                "state=ready",
+                "future-key=ignored",
+            ],
+        }
+    )
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec))
     clc.start_daemon()

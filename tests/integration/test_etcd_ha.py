@@ -50,9 +50,7 @@ def once_each(s: Scenario, *, killed: float | None = None) -> None:
     the crash-recovery policy documents (the hook sees AUTOREG_RESUMED=1)."""
     wrong = {}
     for node_id, runs in s.completed().items():
-        twice_ok = (
-            killed is not None and len(runs) == 2 and runs[0].at < killed and runs[1].resumed
-        )
+        twice_ok = killed is not None and len(runs) == 2 and runs[0].at < killed and runs[1].resumed
         if len(runs) != 1 and not twice_ok:
             wrong[node_id] = runs
     assert wrong == {}
@@ -239,4 +237,3 @@ def _wait_runs(scenario: Scenario, what: str, count: int, timeout: float) -> lis
             return runs
         time.sleep(0.2)
     raise AssertionError(f"{count} hook runs '{what}' not seen: {scenario.hook_runs()}")
-

@@ -55,7 +55,8 @@ def node_config(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 async def test_it_announces_again_with_backoff_until_it_holds_its_receipt(
-    node_config, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+    node_config,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
 ) -> None:
     monkeypatch.setattr(_announcer, "REANNOUNCE_INITIAL", 0.02)
     monkeypatch.setattr(_announcer, "REANNOUNCE_MAX", 0.08)

@@ -185,9 +185,7 @@ poll_interval = 0.2
     trust = status["trust"]
     assert trust["policy"] == "open" and "version without trust" in trust["source"]  # type: ignore[index]
     assert "trust = open" in daemon.log_text()
-    assert "warning: every well-formed announcement" in debroot.run(
-        ["autoreg", "status"]
-    ).stderr
+    assert "warning: every well-formed announcement" in debroot.run(["autoreg", "status"]).stderr
     assert node_state() == "registered"
     wait_until(
         lambda: json.loads(debroot.run(["autoreg", "show", "walrus-deb", "--json"]).stdout)["node"][

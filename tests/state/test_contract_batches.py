@@ -41,7 +41,9 @@ async def test_ingest_many_is_the_single_forms_in_order(store: StateStore) -> No
             Arrival(ann=ann("node0002"), source=Source.MDNS, instance="a2", observer="o"),
             Note(node_id=None, kind="rejected-announcement", message="bad one", data={"x": 1}),
             Arrival(
-                ann=ann("node0001", name="renamed"), source=Source.MDNS, instance="a1",
+                ann=ann("node0001", name="renamed"),
+                source=Source.MDNS,
+                instance="a1",
                 observer="o",
             ),
             Departure(source=Source.MDNS, instance="a2", observer="o"),
@@ -150,9 +152,7 @@ async def test_prune_keeps_the_newest_and_the_young(store: StateStore) -> None:
     assert [e.message for e in await store.events()] == ["young"]
 
 
-async def test_the_feed_leaves_out_one_writers_events(
-    store: StateStore, backend: Backend
-) -> None:
+async def test_the_feed_leaves_out_one_writers_events(store: StateStore, backend: Backend) -> None:
     after = max((e.seq for e in await store.last_events(1)), default=0)
     other = await backend.open(origin="cli:other:1")
     try:

@@ -284,6 +284,7 @@ async def test_migrate_copies_a_populated_sqlite_store_as_it_is(
     assert (copied.nodes, copied.events, copied.tunnels) == (len(nodes), len(events), 1)
     etcd = await eb.open(origin="clc:new:1")
     try:
+
         def comparable(rec: Any) -> Any:
             return rec.to_json() | {"claim_expires": None, "claim_owner": None}
 

@@ -208,8 +208,6 @@ def ensure_cloud_init(cache: Path = CACHE_DIR) -> CloudInit:
     return ci
 
 
-
-
 @pytest.fixture(scope="session")
 def cloud_init() -> CloudInit:
     """cloud-init's own code (schema validator, network renderers), unpacked and cached."""

@@ -33,10 +33,16 @@ def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
     (root / "usr/bin/autoreg").chmod(0o755)
     for name in NAMES:
         shutil.copy(UNITS / name, root / "lib/systemd/system" / name)
-    result = subprocess.run(["systemd-analyze", "verify", f"--root={root}", *NAMES],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", *NAMES],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), (
-        result.stdout + result.stderr)
+        result.stdout + result.stderr
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
