@@ -14,7 +14,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,7 +26,7 @@ from .._exceptions import AutoregError, ConfigError
 from .._text import escape_controls
 from .._version import __version__
 from ..controller._hooks import OUTPUT_LIMIT
-from ..state import NodeState
+from ..state import NodeState, StateStore
 from ._output import (
     SHOWN_OUTPUT_LINES,
     emit_json,
@@ -92,6 +92,18 @@ class _Ctx:
 
 
 pass_ctx = click.make_pass_decorator(_Ctx)
+
+
+def with_store(
+    obj: _Ctx, action: Callable[[StateStore], Awaitable[T]], *, readonly: bool = False
+) -> T:
+    """Run ``action`` on the configured store, opened for it and closed after."""
+
+    async def go() -> T:
+        async with _admin.store_for(obj.config(), readonly=readonly) as store:
+            return await action(store)
+
+    return run(go())
 
 
 @contextlib.contextmanager

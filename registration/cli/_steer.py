@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import click
 
 from .. import _admin, _keyfiles
 from .._exceptions import AnnouncementError, AutoregError
 from .._text import escape_controls
 from ..protocol import Announcement
-from ..state import GLOBAL_SCOPE, NodeRecord, NodeState, StateStore
-from . import _Ctx, _errors, cli, pass_ctx, run
+from ..state import GLOBAL_SCOPE, NodeRecord, NodeState
+from . import _Ctx, _errors, cli, pass_ctx, run, with_store
 from ._output import emit_json
 
 __all__: list[str] = []
-
-
-async def _with_store(
-    obj: _Ctx, action: Callable[[StateStore], Awaitable[NodeRecord]]
-) -> NodeRecord:
-    async with _admin.store_for(obj.config()) as store:
-        return await action(store)
 
 
 @cli.command()
@@ -171,7 +162,7 @@ def forget(obj: _Ctx, node: str, yes: bool) -> None:
     with _errors():
         if not yes and not click.confirm(f"forget {node}?", default=False, err=True):
             raise click.Abort
-        rec = run(_with_store(obj, lambda store: _admin.forget_node(store, node)))
+        rec = with_store(obj, lambda store: _admin.forget_node(store, node))
         click.echo(f"forgot {rec.role} {rec.display_name} ({rec.node_id}), was {rec.state.value}")
 
 
@@ -181,7 +172,7 @@ def forget(obj: _Ctx, node: str, yes: bool) -> None:
 def retry(obj: _Ctx, node: str) -> None:
     """Try a failed, unreachable, rejected or interrupted node again now."""
     with _errors():
-        rec = run(_with_store(obj, lambda store: _admin.retry_node(store, node)))
+        rec = with_store(obj, lambda store: _admin.retry_node(store, node))
         click.echo(
             f"{rec.node_id}: will be retried"
             + (" (hook runs with AUTOREG_RESUMED=1)" if rec.resumed else "")

@@ -8,10 +8,10 @@ from typing import Any, TypeVar
 
 import click
 
-from .. import _admin, _trust
+from .. import _trust
 from .._exceptions import AutoregError
 from ..state import NodeRecord, StateStore
-from . import _Ctx, _errors, cli, pass_ctx, run
+from . import _Ctx, _errors, cli, pass_ctx, with_store
 from ._output import emit_json, format_table
 
 __all__: list[str] = []
@@ -26,16 +26,6 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         return _trust.parse_duration(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
-
-
-def _with_store(
-    obj: _Ctx, action: Callable[[StateStore], Awaitable[T]], *, readonly: bool = False
-) -> T:
-    async def go() -> T:
-        async with _admin.store_for(obj.config(), readonly=readonly) as store:
-            return await action(store)
-
-    return run(go())
 
 
 def _when(ts: float | None) -> str:
@@ -83,7 +73,7 @@ def token_create(
     """
     with _errors():
         config = obj.config()
-        joined, record = _with_store(
+        joined, record = with_store(
             obj,
             lambda store: _trust.create_token(
                 config,
@@ -111,7 +101,7 @@ def token_create(
 def token_list(obj: _Ctx, as_json: bool) -> None:
     """Tokens: scope, uses left, expiry, and which nodes used them (never a secret)."""
     with _errors():
-        tokens = _with_store(obj, lambda store: store.tokens(), readonly=True)
+        tokens = with_store(obj, lambda store: store.tokens(), readonly=True)
         if as_json:
             emit_json([t.to_json() for t in tokens])
             return
@@ -145,7 +135,7 @@ def token_list(obj: _Ctx, as_json: bool) -> None:
 def token_revoke(obj: _Ctx, token_id: str) -> None:
     """Revoke a token now: announcements signed with it are no longer trusted."""
     with _errors():
-        revoked = _with_store(obj, lambda store: _trust.revoke_token(store, token_id))
+        revoked = with_store(obj, lambda store: _trust.revoke_token(store, token_id))
         click.echo(f"token {revoked.token_id} revoked ({revoked.used} use(s) spent)")
 
 
@@ -179,7 +169,7 @@ def pending_cmd(obj: _Ctx, as_json: bool) -> None:
     is listed too: approve one key with --fingerprint.
     """
     with _errors():
-        queue = _with_store(obj, _trust.pending, readonly=True)
+        queue = with_store(obj, _trust.pending, readonly=True)
         if as_json:
             emit_json([r.to_json() for r in queue])
             return
@@ -199,6 +189,27 @@ def _denier(ref: str, reason: str) -> Callable[[StateStore], Awaitable[NodeRecor
     return lambda store: _trust.deny(store, ref, reason=reason)
 
 
+def _each(
+    obj: _Ctx,
+    nodes: tuple[str, ...],
+    action: Callable[[str], Callable[[StateStore], Awaitable[NodeRecord]]],
+    done: str,
+    key: str,
+) -> None:
+    """``action`` on each node in turn; one line per node, the failures at the end."""
+    failed = 0
+    for ref in nodes:
+        try:
+            rec = with_store(obj, action(ref))
+        except AutoregError as exc:
+            failed += 1
+            click.echo(f"autoreg: error: {ref}: {exc}", err=True)
+            continue
+        click.echo(f"{done} {rec.role} {rec.display_name} ({rec.node_id}) {getattr(rec, key)}")
+    if failed:
+        raise AutoregError(f"{failed} of {len(nodes)} not {done}")
+
+
 @cli.command()
 @click.argument("nodes", nargs=-1, required=True)
 @click.option(
@@ -209,17 +220,7 @@ def _denier(ref: str, reason: str) -> Callable[[StateStore], Awaitable[NodeRecor
 def approve(obj: _Ctx, nodes: tuple[str, ...], fingerprint: str | None) -> None:
     """Approve NODE(s) with the host key each announces now (the approval pins it)."""
     with _errors():
-        failed = 0
-        for ref in nodes:
-            try:
-                rec = _with_store(obj, _approver(ref, fingerprint))
-            except AutoregError as exc:
-                failed += 1
-                click.echo(f"autoreg: error: {ref}: {exc}", err=True)
-                continue
-            click.echo(f"approved {rec.role} {rec.display_name} ({rec.node_id}) {rec.approved_fp}")
-        if failed:
-            raise AutoregError(f"{failed} of {len(nodes)} not approved")
+        _each(obj, nodes, lambda ref: _approver(ref, fingerprint), "approved", "approved_fp")
 
 
 @cli.command()
@@ -229,17 +230,7 @@ def approve(obj: _Ctx, nodes: tuple[str, ...], fingerprint: str | None) -> None:
 def deny(obj: _Ctx, nodes: tuple[str, ...], reason: str) -> None:
     """Deny NODE(s): their host keys are refused now and whenever they announce again."""
     with _errors():
-        failed = 0
-        for ref in nodes:
-            try:
-                rec = _with_store(obj, _denier(ref, reason))
-            except AutoregError as exc:
-                failed += 1
-                click.echo(f"autoreg: error: {ref}: {exc}", err=True)
-                continue
-            click.echo(f"denied {rec.role} {rec.display_name} ({rec.node_id}) {rec.fingerprint}")
-        if failed:
-            raise AutoregError(f"{failed} of {len(nodes)} not denied")
+        _each(obj, nodes, lambda ref: _denier(ref, reason), "denied", "fingerprint")
 
 
 # -- install windows -----------------------------------------------------------------------
@@ -285,7 +276,7 @@ def window_open(obj: _Ctx, role: str | None, duration: float, max_uses: int | No
     """Open an install window."""
     with _errors():
         config = obj.config()
-        opened = _with_store(
+        opened = with_store(
             obj,
             lambda store: _trust.open_window(
                 config, store, role=role, duration=duration, max_uses=max_uses
@@ -304,7 +295,7 @@ def window_open(obj: _Ctx, role: str | None, duration: float, max_uses: int | No
 def window_close(obj: _Ctx, role: str | None) -> None:
     """Close install windows now."""
     with _errors():
-        closed = _with_store(obj, lambda store: _trust.close_window(store, role=role))
+        closed = with_store(obj, lambda store: _trust.close_window(store, role=role))
         for w in closed:
             click.echo(f"closed install window {w.window_id} ({w.used} registration(s))")
 
@@ -315,7 +306,7 @@ def window_close(obj: _Ctx, role: str | None) -> None:
 def window_status(obj: _Ctx, as_json: bool) -> None:
     """Open install windows, and the last ones closed."""
     with _errors():
-        windows = _with_store(obj, _trust.window_status, readonly=True)
+        windows = with_store(obj, _trust.window_status, readonly=True)
         if as_json:
             now = time.time()
             emit_json([{**w.to_json(), "open": w.is_open(now)} for w in windows])
