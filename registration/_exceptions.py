@@ -21,6 +21,7 @@ __all__ = [
     "NodeNotFound",
     "NodeUnreachable",
     "RegistrarError",
+    "RemoteCommandError",
     "SSHError",
     "StateError",
     "TransportError",
@@ -148,6 +149,24 @@ class FingerprintMismatch(SSHError):
             f"host key fingerprint {actual} does not match announced {announced}",
             host=host,
             port=port,
+        )
+
+
+class RemoteCommandError(SSHError):
+    """A step run on a machine over SSH (``bootstrap``) failed: the step, the command,
+    its exit status and what it wrote to stderr."""
+
+    def __init__(
+        self, step: str, *, host: str, port: int, command: str, returncode: int | None, stderr: str
+    ) -> None:
+        self.step = step
+        self.command = command
+        self.returncode = returncode
+        self.stderr = stderr
+        status = "no exit status" if returncode is None else f"exit {returncode}"
+        said = stderr.strip().splitlines()[-1:] if stderr.strip() else []
+        super().__init__(
+            f"{step} failed ({status}{': ' + said[0] if said else ''})", host=host, port=port
         )
 
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 from ._config import Config
 
-__all__ = ["callback_section", "render_conf"]
+__all__ = ["callback_section", "node_section", "render_conf"]
 
 
 def callback_section(
@@ -30,6 +30,28 @@ def callback_section(
         "known_hosts": known_hosts_path,
         "listen_ports": ", ".join(map(str, ports)),
     }
+
+
+def node_section(
+    *,
+    role: str,
+    cluster: str | None,
+    node_id: str,
+    name: str,
+    token_file: str | None = None,
+    registrar: tuple[str, str] | None = None,
+    **more: str,
+) -> dict[str, str]:
+    """The node's ``[node]`` keys: who it is, its token, its registrar (URL, pin), ``more``."""
+    section = {"role": role}
+    if cluster:
+        section["cluster"] = cluster
+    section.update(id=node_id, name=name, **more)
+    if token_file is not None:
+        section["token_file"] = token_file
+    if registrar is not None:
+        section.update(registrar=registrar[0], registrar_fingerprint=registrar[1])
+    return section
 
 
 def render_conf(sections: Mapping[str, Mapping[str, str]], *, header: Sequence[str] = ()) -> str:

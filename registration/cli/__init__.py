@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -23,6 +22,8 @@ import click
 from .. import _admin
 from .._config import Config, load_config
 from .._exceptions import AutoregError, ConfigError
+from .._service import run_service as _run_service
+from .._service import setup_logging as _setup_logging
 from .._text import escape_controls
 from .._version import __version__
 from ..controller._hooks import OUTPUT_LIMIT
@@ -118,16 +119,6 @@ def _errors() -> Iterator[None]:
         sys.exit(130)
 
 
-def _setup_logging(level: str, verbose: int) -> None:
-    chosen = logging.DEBUG if verbose else getattr(logging, level.upper())
-    logging.basicConfig(
-        level=chosen, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-    )
-    if not verbose:
-        logging.getLogger("zeroconf").setLevel(logging.WARNING)
-        logging.getLogger("paramiko").setLevel(logging.WARNING)
-
-
 def _quiet_libraries(verbose: int) -> None:
     """Commands that dial out: library log records (paramiko's tracebacks) stay out of sight.
 
@@ -178,23 +169,6 @@ def cli(ctx: click.Context, config_path: Path | None, state_dir: str | None, ver
 
 
 # -- the two long-running services ------------------------------------------------------
-
-
-def _run_service(make: Callable[[], Any], level: str, verbose: int) -> None:
-    """Run a long-running service until SIGTERM/SIGINT; exit with the status it returns."""
-    _setup_logging(level, verbose)
-    service = make()
-
-    async def main() -> int | None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, service.stop)
-        result: int | None = await service.run()
-        return result
-
-    code = asyncio.run(main())
-    if code:
-        sys.exit(code)
 
 
 @cli.command()
@@ -568,6 +542,7 @@ def _errors_text(member: dict[str, Any]) -> str:
 
 
 from . import (  # noqa: E402,F401  - they register on ``cli``
+    _bootstrap_cmds,
     _media_cmds,
     _reach_cmds,
     _steer,

@@ -11,8 +11,9 @@ import click
 
 from .. import _admin, _keyfiles, _remote, controller
 from .._exceptions import AnnouncementError, AutoregError
+from .._service import run_service
 from ..protocol import check_node_id
-from . import _Ctx, _errors, _quiet_libraries, _run_service, cli, pass_ctx, run
+from . import _Ctx, _errors, _quiet_libraries, cli, pass_ctx, run
 from ._exec_display import ExecDisplay, exec_summary
 from ._output import emit_json, format_table
 
@@ -31,7 +32,7 @@ def callback(obj: _Ctx) -> None:
 
     with _errors():
         config = obj.config()
-        _run_service(lambda: CallbackService(obj.config), config.log_level, obj.verbose)
+        run_service(lambda: CallbackService(obj.config), config.log_level, obj.verbose)
 
 
 @cli.group()

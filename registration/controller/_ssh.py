@@ -169,6 +169,14 @@ class VerifiedSession:
                 f"authentication failed: {_describe(exc)}", host=host, port=port
             ) from exc
 
+    @property
+    def local_address(self) -> str | None:
+        """This end's address on a direct connection (the node reaches us there)."""
+        sock = self._transport.sock
+        if isinstance(sock, socket.socket):
+            return str(sock.getsockname()[0])
+        return None
+
     def alive(self) -> bool:
         return self._transport.is_active() and self._transport.is_authenticated()
 
@@ -225,6 +233,23 @@ class VerifiedSession:
                 f"the proxy could not connect: {_describe(exc)}", host=host, port=port
             ) from exc
 
+    def forward_remote(self, handler: Callable[[paramiko.Channel], None]) -> int:
+        """Have the node's sshd listen on a free port of its loopback; each connection to
+        it arrives here as a channel, handed to ``handler`` (on paramiko's thread: it
+        must not block).  The port, which lives as long as this connection."""
+        try:
+            port = self._transport.request_port_forward(
+                "127.0.0.1", 0, handler=lambda channel, _origin, _server: handler(channel)
+            )
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SSHError(
+                f"the node's sshd refused a remote port forward ({_describe(exc)}): "
+                "is AllowTcpForwarding on?",
+                host=self.target.host,
+                port=self.target.port,
+            ) from exc
+        return int(port)
+
     def read_file(self, path: str, *, limit: int = 65536) -> bytes | None:
         """The first ``limit`` bytes of ``path`` on the node, None when it does not exist."""
         try:
@@ -273,6 +298,7 @@ def open_verified(
     proxy_key: paramiko.PKey | None = None,
     sock: socket.socket | None = None,
     proxy_session: VerifiedSession | None = None,
+    learn: bool = False,
 ) -> VerifiedSession:
     """Connect to ``target`` over ``via`` and check its host key against the fingerprint.
 
@@ -287,6 +313,8 @@ def open_verified(
     ``proxy_session``, an authenticated session to ``via``'s proxy that the caller
     owns and shares between nodes (a ``ProxyPool``'s), is used instead of a
     connection of our own; it stays open when this session closes.
+    ``learn``: no fingerprint to compare yet (``bootstrap --accept-new``); the key
+    the host presented is ``session.host_key``, for the caller to record.
     """
     host, port = _where(target, via)
     proxy: VerifiedSession | None = None
@@ -317,7 +345,8 @@ def open_verified(
         transport.banner_timeout = target.timeout
         transport.handshake_timeout = target.timeout
         options = transport.get_security_options()
-        options.key_types = _KEY_TYPE_ALIASES.get(target.key_type, (target.key_type,))
+        if target.key_type:  # none when learning: paramiko's own order (ed25519 first)
+            options.key_types = _KEY_TYPE_ALIASES.get(target.key_type, (target.key_type,))
         try:
             transport.start_client(timeout=target.timeout)
             # start_client() can return on timeout without raising: check for a session.
@@ -329,7 +358,7 @@ def open_verified(
                 f"SSH handshake failed: {_describe(exc)}", host=host, port=port
             ) from exc
         actual = fingerprint_of_blob(base64.b64decode(host_key.get_base64()))
-        if actual != target.fingerprint:
+        if not learn and actual != target.fingerprint:
             raise FingerprintMismatch(
                 announced=target.fingerprint, actual=actual, host=host, port=port
             )

@@ -27,7 +27,7 @@ import jinja2
 from .._config import Config
 from .._endpoints import parse_pin, parse_registrar_url
 from .._exceptions import AnnouncementError, ConfigError, KeyMaterialError
-from .._nodeconf import callback_section, render_conf
+from .._nodeconf import callback_section, node_section, render_conf
 from .._sshkeys import PublicKey
 from ..protocol import check_cluster, check_name, check_node_id, check_role
 
@@ -319,15 +319,15 @@ def _autoreg_conf(
 ) -> str:
     sections: dict[str, dict[str, str]] = {
         "autoreg": {"transport": "auto"},
-        "node": {"role": node.role},
+        "node": node_section(
+            role=node.role,
+            cluster=node.cluster,
+            node_id=node.node_id,
+            name=node.hostname,
+            token_file=NODE_JOIN_TOKEN if token else None,
+            registrar=registrar,
+        ),
     }
-    if node.cluster:
-        sections["node"]["cluster"] = node.cluster
-    sections["node"].update(id=node.node_id, name=node.hostname)
-    if token:
-        sections["node"]["token_file"] = NODE_JOIN_TOKEN
-    if registrar is not None:
-        sections["node"].update(registrar=registrar[0], registrar_fingerprint=registrar[1])
     if material is not None:
         sections["callback"] = callback_section(
             config,

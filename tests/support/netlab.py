@@ -20,6 +20,7 @@ import contextlib
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -27,7 +28,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -42,6 +43,7 @@ __all__ = [
     "Sshd",
     "leaked_namespaces",
     "leaked_processes",
+    "mountpoints",
     "open_labs",
 ]
 
@@ -565,12 +567,17 @@ class Host:
         extra_config: str = "",
         reuse_key: bool = False,
         log_level: str = "VERBOSE",
+        mounts: Mapping[str, Path] | None = None,
     ) -> Sshd:
         """Start ``sshd -D -e`` bound to ``<ip>:<port>`` only, with a freshly generated host key.
 
         ``extra_config`` is appended (``Match`` blocks go last); ``reuse_key`` keeps the
         host key of an earlier sshd on this port (a restart rather than a new machine);
         ``log_level`` is sshd's ``LogLevel`` (``DEBUG1`` shows refusals that VERBOSE hides).
+        ``mounts`` (path on the machine -> a directory of this host) gives sshd, and so
+        every session and what it starts, a private mount namespace where each path is
+        that directory: a machine with a file system of its own there (the path must
+        exist; see :func:`mountpoints`).
         """
         PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
         key = self.workdir / f"sshd{port}_host_{key_type}_key"
@@ -606,7 +613,15 @@ class Host:
                 ]
             )
         )
-        proc = self.spawn([SSHD, "-D", "-e", "-f", str(config)], log_name=f"sshd{port}")
+        argv = [SSHD, "-D", "-e", "-f", str(config)]
+        if mounts:
+            binds = " && ".join(
+                f"mount --bind {shlex.quote(str(src))} {shlex.quote(dst)}"
+                for dst, src in mounts.items()
+            )
+            argv = ["unshare", "--mount", "--propagation", "private",
+                    "sh", "-c", f'{binds} && exec "$@"', "sh", *argv]  # fmt: skip
+        proc = self.spawn(argv, log_name=f"sshd{port}")
         try:
             proc.wait_for_log(r"Server listening on", ready_timeout)
         except AssertionError:
@@ -892,6 +907,23 @@ class Lab:
                 _labs.remove(self)
         if errors:
             raise LabError(f"lab {self.tag} cleanup incomplete: " + "; ".join(errors))
+
+
+@contextlib.contextmanager
+def mountpoints(paths: Sequence[str]) -> Iterator[None]:
+    """Make sure each path exists as a directory (a mount point for ``start_sshd(mounts=)``);
+    the ones created here are removed again after, if still empty."""
+    made = []
+    for path in paths:
+        missing = [p for p in [Path(path), *Path(path).parents] if not p.exists()]
+        Path(path).mkdir(parents=True, exist_ok=True)
+        made += missing
+    try:
+        yield
+    finally:
+        for path in made:  # deepest first: they were listed child before parent
+            with contextlib.suppress(OSError):
+                path.rmdir()
 
 
 @atexit.register
