@@ -13,11 +13,12 @@ prefixed with the node's name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import shlex
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Final
 
 import paramiko
@@ -32,11 +33,17 @@ from .state import NodeRecord, NodeState, StateStore
 __all__ = [
     "ExecProgress",
     "ExecResult",
+    "NodeRunner",
+    "command_runner",
+    "matches",
     "prepare_access",
     "run_on_nodes",
     "select_nodes",
     "ssh_argv",
 ]
+
+#: Runs the command on one node: its result (an unreachable node is a result too).
+NodeRunner = Callable[[NodeRecord], Awaitable["ExecResult"]]
 
 #: Seconds a remote command may run in ``autoreg exec`` unless told otherwise.
 DEFAULT_EXEC_TIMEOUT: Final = 600.0
@@ -80,13 +87,16 @@ async def select_nodes(
     """Registered nodes, by reference or by role/cluster filters."""
     if refs:
         return [await store.find(ref) for ref in refs]
-    return [
-        n
-        for n in await store.nodes()
-        if n.state is NodeState.REGISTERED
-        and (role is None or n.role == role)
-        and (cluster is None or n.cluster == cluster)
-    ]
+    return [n for n in await store.nodes() if matches(n, role=role, cluster=cluster)]
+
+
+def matches(rec: NodeRecord, *, role: str | None, cluster: str | None) -> bool:
+    """A registered node of ``role`` and ``cluster`` (None: any)."""
+    return (
+        rec.state is NodeState.REGISTERED
+        and (role is None or rec.role == role)
+        and (cluster is None or rec.cluster == cluster)
+    )
 
 
 async def prepare_access(
@@ -145,11 +155,7 @@ async def run_on_nodes(
     the event loop.  A node that cannot be reached, or whose host key does not
     match, is an :class:`ExecResult` with its error; nothing is run there.
     """
-    if not command:
-        raise AutoregError("no command given (autoreg exec … -- COMMAND)")
     width = max(1, parallel)
-    threads = ThreadLimiter("autoreg-exec", width)
-    fan = _FanOut(config, store, shlex.join(command), timeout, threads, emit)
     slots = asyncio.Semaphore(width)
     state = ExecProgress(total=len(nodes))
 
@@ -159,17 +165,48 @@ async def run_on_nodes(
         if progress is not None:
             progress(state)
 
-    async def one(rec: NodeRecord) -> ExecResult:
-        async with slots:
-            report(running=1)
-            result = await fan.run(rec)
-            report(running=-1, **({"done": 1} if result.ok else {"failed": 1}))
-            return result
+    async with command_runner(
+        config, store, command, parallel=width, timeout=timeout, emit=emit
+    ) as run:
 
-    try:
-        await fan.start()
+        async def one(rec: NodeRecord) -> ExecResult:
+            async with slots:
+                report(running=1)
+                result = await run(rec)
+                report(running=-1, **({"done": 1} if result.ok else {"failed": 1}))
+                return result
+
         report()
         return list(await asyncio.gather(*(one(n) for n in nodes)))
+
+
+@contextlib.asynccontextmanager
+async def command_runner(
+    config: Config,
+    store: StateStore,
+    command: Sequence[str],
+    *,
+    parallel: int,
+    timeout: float,
+    emit: Callable[[str, str, str], None],
+    late_tunnels: bool = False,
+) -> AsyncIterator[NodeRunner]:
+    """What runs ``command`` on one node at a time, sharing key, tunnels, proxies, threads.
+
+    At most ``parallel`` nodes connect or run at once (the caller starts no more).
+    Leaving the block by an exception (cancelled: Ctrl-C) ends every command still
+    running at once; leaving it closes the proxy connections.  The tunnels are read
+    once at the start; with ``late_tunnels`` (nodes that register later, ``exec
+    --follow``) a node without one then is looked up again when its turn comes.
+    """
+    if not command:
+        raise AutoregError("no command given (autoreg exec … -- COMMAND)")
+    threads = ThreadLimiter("autoreg-exec", max(1, parallel))
+    fan = _FanOut(config, store, shlex.join(command), timeout, threads, emit)
+    fan.late_tunnels = late_tunnels
+    try:
+        await fan.start()
+        yield fan.run
     except BaseException:
         fan.sessions.interrupt()  # cancelled: every command still running ends now
         raise
@@ -199,6 +236,7 @@ class _FanOut:
         self._key: paramiko.PKey | None = None
         self._pool: ProxyPool | None = None
         self._tunnels: dict[str, tuple[int, ...]] = {}
+        self.late_tunnels = False
         self.sessions = _Sessions()
 
     async def start(self) -> None:
@@ -221,6 +259,9 @@ class _FanOut:
             took = time.monotonic() - started
             return ExecResult(rec.node_id, rec.display_name, path, code, took, error=error)
 
+        if self.late_tunnels and rec.node_id not in self._tunnels:
+            tunnel = await self._store.tunnel(rec.node_id)
+            self._tunnels[rec.node_id] = tunnel.ports if tunnel else ()
         try:
             session = await self._threads.run(self._connect, rec)
         except SSHError as exc:

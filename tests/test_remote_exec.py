@@ -21,24 +21,34 @@ import pytest
 from registration import load_config
 from registration._config import Config
 from registration._exceptions import NodeUnreachable
+from registration._follow import follow_nodes
 from registration._remote import LINE_LIMIT, NO_EXIT_STATUS, ExecProgress, _Lines, run_on_nodes
 from registration._sshkeys import generate_ed25519
 from registration.controller._reach import Reach
 from registration.protocol import Announcement
-from registration.state import NodeRecord
+from registration.state import NodeRecord, NodeState
 from support.fake_sshd import Behaviour, FakeSshd, connected, hangs, writes
 
 pytestmark = pytest.mark.timeout(60)
 
 
 class FakeStore:
-    """The two store calls exec makes besides selecting nodes."""
+    """The store calls exec makes: tunnels, paths; and ``exec --follow``'s listing of nodes."""
 
-    def __init__(self) -> None:
+    def __init__(self, nodes: list[NodeRecord] | None = None) -> None:
         self.noted: list[tuple[str, str]] = []
+        self.listed = list(nodes or [])
+        self.tunnel_asked: list[str] = []
 
     async def tunnels(self) -> list[Any]:
         return []
+
+    async def tunnel(self, node_id: str) -> Any:
+        self.tunnel_asked.append(node_id)
+        return None
+
+    async def nodes(self) -> list[NodeRecord]:
+        return list(self.listed)
 
     async def note_path(self, node_id: str, path: str) -> None:
         self.noted.append((node_id, path))
@@ -177,6 +187,37 @@ async def test_cancelled_exec_hangs_up_on_every_running_command(
             assert await asyncio.to_thread(event.wait, 10), f"{node} still runs its command"
     finally:
         fleet.close()
+
+
+async def test_follow_runs_a_node_that_registers_meanwhile_then_returns_once_quiet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = Fleet(monkeypatch, {n: writes(b"hello\n", b"", 0) for n in ("node-first", "node-next")})
+    first, later = (
+        dataclasses.replace(_rec(n), state=NodeState.REGISTERED)
+        for n in ("node-first", "node-next")
+    )
+    store = FakeStore([first, dataclasses.replace(_rec("node-wal"), role="walrus")])
+    lines: list[tuple[str, str, str]] = []
+
+    def emit(*line: str) -> None:
+        lines.append((line[0], line[1], line[2]))
+        if line[0] == "first":
+            store.listed.append(later)  # registers while the first node's command runs
+
+    try:
+        followed = await follow_nodes(
+            _config(tmp_path), store, ["work"], role="nc", cluster=None, parallel=4,
+            timeout=10, quiet=0.3, emit=emit,
+        )  # fmt: skip
+    finally:
+        fleet.close()
+    assert [(r.name, r.returncode) for r in followed.results] == [("first", 0), ("next", 0)]
+    assert lines == [("first", "out", "hello"), ("next", "out", "hello")]
+    assert fleet.servers["node-first"].commands == fleet.servers["node-next"].commands == ["work"]
+    assert followed.converged_after >= 0.3
+    # a node's tunnel is looked up when its turn comes (it may have been added meanwhile)
+    assert store.tunnel_asked == ["node-first", "node-next"]
 
 
 class _Immediate:

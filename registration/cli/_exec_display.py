@@ -20,10 +20,11 @@ from typing import Final, TextIO
 
 import click
 
+from .._follow import FollowResult
 from .._remote import ExecProgress, ExecResult
 from ._output import emit_json, format_table
 
-__all__ = ["ExecDisplay", "exec_summary", "progress_text"]
+__all__ = ["ExecDisplay", "exec_summary", "follow_summary", "progress_text"]
 
 #: Moves to the start of the line and erases it (CR, then CSI K: erase to the end).
 ERASE: Final = "\r\x1b[K"
@@ -113,4 +114,26 @@ def exec_summary(results: Sequence[ExecResult], *, as_json: bool) -> None:
                 for r in results
             ],
         )
+    )
+
+
+def follow_summary(followed: FollowResult, *, as_json: bool) -> None:
+    """``exec --follow``'s summary: the table, then when and why it stopped (on stderr).
+
+    With ``as_json``: ``{"converged_after": s, "converged_timeout": s, "results": [...]}``,
+    each result as plain ``exec --json`` lists it.
+    """
+    if as_json:
+        emit_json(
+            {
+                "converged_after": round(followed.converged_after, 3),
+                "converged_timeout": followed.quiet,
+                "results": [dataclasses.asdict(r) for r in followed.results],
+            }
+        )
+        return
+    exec_summary(followed.results, as_json=False)
+    click.echo(
+        f"converged after {followed.converged_after:.1f}s: nothing changed for {followed.quiet:g}s",
+        err=True,
     )

@@ -9,12 +9,12 @@ from typing import Any
 
 import click
 
-from .. import _admin, _keyfiles, _remote, controller
+from .. import _admin, _follow, _keyfiles, _remote, controller
 from .._exceptions import AnnouncementError, AutoregError
 from .._service import run_service
 from ..protocol import check_node_id
 from . import _Ctx, _errors, _quiet_libraries, cli, pass_ctx, run
-from ._exec_display import ExecDisplay, exec_summary
+from ._exec_display import ExecDisplay, exec_summary, follow_summary
 from ._output import emit_json, format_table
 
 __all__: list[str] = []
@@ -224,6 +224,21 @@ def ssh(obj: _Ctx, node: str, command: tuple[str, ...]) -> None:
     show_default=True,
     help="Seconds the command may run on each node.",
 )
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Also run it on each matching node that registers meanwhile (not with --node).",
+)
+@click.option(
+    "--converged-timeout",
+    "quiet",
+    type=click.FloatRange(min=0),
+    metavar="S",
+    help=(
+        "With --follow: return once nothing runs and nothing has changed (no new node, "
+        f"no command ended) for S seconds.  [default: {_follow.DEFAULT_CONVERGED_TIMEOUT:g}]"
+    ),
+)
 @click.option("--json", "as_json", is_flag=True, help="Summary as JSON (output still streams).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_ctx
@@ -234,6 +249,8 @@ def exec_(
     refs: tuple[str, ...],
     parallel: int,
     timeout: float,
+    follow: bool,
+    quiet: float | None,
     as_json: bool,
     command: tuple[str, ...],
 ) -> None:
@@ -243,9 +260,18 @@ def exec_(
     node's exit status follows.  Exits 1 if any node failed.  On a terminal
     a progress line shows how many nodes are done, failed, running.
 
+    With --follow it keeps watching: each matching node that registers
+    while it runs gets the command too (once).  It returns when no command
+    runs and nothing has changed for --converged-timeout seconds.
+
     \b
       autoreg exec --role nc --parallel 20 -- systemctl restart eucalyptus-nc
+      autoreg exec --follow --converged-timeout 60 --role nc -- cat /etc/machine-id
     """
+    if follow and refs:
+        raise click.UsageError("--follow watches for nodes by --role/--cluster, not --node")
+    if quiet is not None and not follow:
+        raise click.UsageError("--converged-timeout only applies with --follow")
     display = ExecDisplay.for_terminal(sys.stdout, sys.stderr)
 
     async def fan_out() -> list[_remote.ExecResult]:
@@ -264,14 +290,41 @@ def exec_(
                 progress=display.progress,
             )
 
+    async def follow_on() -> _follow.FollowResult:
+        async with _admin.store_for(config) as store:
+            return await _follow.follow_nodes(
+                config,
+                store,
+                command,
+                role=role,
+                cluster=cluster,
+                parallel=parallel,
+                timeout=timeout,
+                quiet=_follow.DEFAULT_CONVERGED_TIMEOUT if quiet is None else quiet,
+                emit=display.line,
+                progress=display.progress,
+            )
+
     _quiet_libraries(obj.verbose)
     with _errors():
         config = obj.config()
+        followed: _follow.FollowResult | None = None
         try:
-            results = run(fan_out())
+            if follow:
+                followed = run(follow_on())
+                results = list(followed.results)
+            else:
+                results = run(fan_out())
         finally:
             display.close()
-        exec_summary(results, as_json=as_json)
+        if followed is None:
+            exec_summary(results, as_json=as_json)
+        elif not results:
+            raise AutoregError(
+                f"no registered node matched in {followed.converged_after:.0f}s of following"
+            )
+        else:
+            follow_summary(followed, as_json=as_json)
         failed = [r for r in results if not r.ok]
         if failed:
             raise AutoregError(f"{len(failed)} of {len(results)} node(s) failed")

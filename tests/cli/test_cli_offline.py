@@ -414,3 +414,17 @@ def test_register_wait_zero_reports_the_state(env: Env) -> None:
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert result.exit_code == 1
     assert "m-198-18-0-5: seen" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--follow", "--node", "nc1"], "--follow watches for nodes by --role/--cluster"),
+        (["--converged-timeout", "5", "--role", "nc"], "only applies with --follow"),
+        (["--follow", "--converged-timeout", "-1", "--role", "nc"], "-1"),
+    ],
+)
+def test_exec_follow_usage_errors(env: Env, args: list[str], message: str) -> None:
+    result = env.run("exec", *args, "--", "true")
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr

@@ -8,9 +8,13 @@ tests/integration/test_exec_fanout.py.
 from __future__ import annotations
 
 import io
+import json
 
-from registration._remote import ExecProgress
-from registration.cli._exec_display import ERASE, ExecDisplay, progress_text
+import pytest
+
+from registration._follow import FollowResult
+from registration._remote import ExecProgress, ExecResult
+from registration.cli._exec_display import ERASE, ExecDisplay, follow_summary, progress_text
 from support.terminal import raw_control_bytes
 
 
@@ -80,3 +84,18 @@ def test_off_a_terminal_plain_lines_only() -> None:
     assert out.getvalue() == "[nc1] hello\n"
     assert err.getvalue() == "[nc1] warning\n"
     assert raw_control_bytes((out.getvalue() + err.getvalue()).encode()) == []
+
+
+def test_follow_summary_says_when_it_converged(capsys: pytest.CaptureFixture[str]) -> None:
+    results = [ExecResult("node-a", "a", "direct", 0, 0.5), ExecResult("node-b", "b", "-", None, 1)]
+    followed = FollowResult(results, converged_after=12.3456, quiet=3.0)
+    follow_summary(followed, as_json=True)
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["converged_after"] == 12.346 and doc["converged_timeout"] == 3.0
+    assert [(r["name"], r["returncode"]) for r in doc["results"]] == [("a", 0), ("b", None)]
+
+    follow_summary(followed, as_json=False)
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].split() == ["NODE", "PATH", "EXIT", "SECONDS", "ERROR"]
+    assert len(out.splitlines()) == 3
+    assert err == "converged after 12.3s: nothing changed for 3s\n"

@@ -5,19 +5,25 @@ is one ``Connection from`` line, so its log counts the handshakes.  The nodes
 are queued with ``autoreg register`` and no daemon runs: every connection a
 node's sshd sees during the test is ``exec``'s.  Everything that dials out runs
 inside the controller's namespace.
+``exec --follow`` selects by role, that is registered nodes only: there the test
+walks a queued node to ``registered`` in the store itself, as the daemon would.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from registration.cli._exec_display import ERASE
+from registration.state import Change, NodeState
 from support import netlab
 from support.autoreg_lab import AutoregLab, Station, autoreg_argv
+from support.records import OWNER
+from support.sync_store import SyncStore
 from support.terminal import raw_control_bytes, run_on_a_terminal
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(150)]
@@ -49,6 +55,20 @@ def register(controller: Station, node: Station) -> None:
     if node.cluster:
         args += ["--cluster", node.cluster]
     controller.cli(*args)
+
+
+def mark_registered(controller: Station, node: Station) -> None:
+    """Walk the queued ``node`` to ``registered`` by legal steps, as the daemon would."""
+    steps = {
+        NodeState.SEEN: [NodeState.QUEUED, NodeState.REGISTERING, NodeState.REGISTERED],
+        NodeState.QUEUED: [NodeState.REGISTERING, NodeState.REGISTERED],
+    }
+    with SyncStore(controller.state_dir / "autoreg.db") as store:
+        rec = store.get(node.node_id)
+        for step in steps[rec.state]:
+            change = Change(expect=rec.state, to=step, reason="test", kind=step.value, owner=OWNER)
+            rec = store.change(node.node_id, change)
+    assert rec.state is NodeState.REGISTERED
 
 
 class Connections:
@@ -155,3 +175,33 @@ def test_progress_line_on_a_terminal_plain_lines_and_json_when_piped(alab: Autor
     assert sorted((x["name"], x["path"], x["returncode"]) for x in results) == [
         (n.host.name, "direct", 0) for n in nodes
     ]
+
+
+def test_follow_runs_a_node_registered_meanwhile_and_returns_once_quiet(alab: AutoregLab) -> None:
+    clc = alab.registrar("clc", "clc")
+    first, second = alab.node("f0", "walrus"), alab.node("f1", "walrus")
+    for node in (first, second):
+        register(clc, node)
+    mark_registered(clc, first)
+    quiet = 3.0
+    follow = ["exec", "--follow", "--converged-timeout", f"{quiet:g}", "--role", "walrus"]
+    argv = autoreg_argv("-c", str(clc.conf), *follow, "--", "sh", "-c", "echo hello; sleep 1")
+    clc.write_config()
+    proc = clc.host.spawn(argv, env=clc.env or None, log_name="exec-follow")
+    try:
+        proc.wait_for_log(r"^\[f0\] hello$", 30)  # following now, its first command runs
+        mark_registered(clc, second)
+        registered = time.monotonic()
+        code = proc.wait(60)
+        took = time.monotonic() - registered
+    finally:
+        proc.terminate()
+    log = proc.log_text()
+    assert code == 0, log
+    lines = log.splitlines()
+    assert lines.count("[f0] hello") == 1 and lines.count("[f1] hello") == 1, log
+    table = {line.split()[0]: line.split()[2] for line in lines if line.startswith("f")}
+    assert table == {"f0": "0", "f1": "0"}, log
+    assert f"nothing changed for {quiet:g}s" in log
+    # f1's command takes a second, then nothing changes for the quiet period
+    assert quiet + 1 <= took < quiet + 1 + 15, log
