@@ -60,8 +60,11 @@ def parse_public_key(line: str, *, source: str) -> PublicKey:
         or blob[4 : 4 + int.from_bytes(blob[:4], "big")].decode("ascii", "replace") != parts[0]
     ):
         raise KeyMaterialError(f"{source}: key type {parts[0]} does not match the key blob")
-    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
-
+    try:
+        from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+    except ImportError:  # the node agent (autoreg bootstrap) carries no cryptography
+        _check_wire_format(blob, parts[0], source)
+        return PublicKey(parts[0], blob, parts[2] if len(parts) > 2 else "")
     try:  # the whole key must parse, not just its type prefix (a truncated .pub file)
         load_ssh_public_key(f"{parts[0]} {parts[1]}".encode())
     except (ValueError, TypeError) as exc:
@@ -69,6 +72,23 @@ def parse_public_key(line: str, *, source: str) -> PublicKey:
     except Exception as exc:  # cryptography raises UnsupportedAlgorithm for unknown types
         raise KeyMaterialError(f"{source}: unsupported public key type {parts[0]}") from exc
     return PublicKey(parts[0], blob, parts[2] if len(parts) > 2 else "")
+
+
+def _check_wire_format(blob: bytes, key_type: str, source: str) -> None:
+    """Without cryptography: the blob is length-prefixed fields that end exactly at its
+    end (RFC 4253 §6.6), and an ed25519 key is 32 bytes (RFC 8709)."""
+    fields: list[bytes] = []
+    at = 0
+    while at < len(blob):
+        size = int.from_bytes(blob[at : at + 4], "big")
+        if at + 4 > len(blob) or at + 4 + size > len(blob):
+            raise KeyMaterialError(f"{source}: not a valid {key_type} public key (truncated)")
+        fields.append(blob[at + 4 : at + 4 + size])
+        at += 4 + size
+    if len(fields) < 2 or (
+        key_type == "ssh-ed25519" and (len(fields) != 2 or len(fields[1]) != 32)
+    ):
+        raise KeyMaterialError(f"{source}: not a valid {key_type} public key")
 
 
 def read_public_key(path: Path) -> PublicKey:

@@ -40,7 +40,6 @@ __all__ = [
 REMOTE_CACHE: Final = "/var/cache/autoreg"
 #: The node configuration the agent reads: a drop-in of /etc/autoreg/autoreg.conf.
 AGENT_CONFIG: Final = "/etc/autoreg/autoreg.conf.d/60-bootstrap.conf"
-AGENT_MAIN_CONFIG: Final = "/etc/autoreg/autoreg.conf"
 AGENT_TOKEN: Final = NODE_JOIN_TOKEN
 AGENT_HOST_KEY: Final = "/etc/autoreg/keys/bootstrap_host_key.pub"
 AGENT_STATE: Final = "/var/lib/autoreg/bootstrap"
@@ -188,7 +187,8 @@ class Remote:
         self.session.write_file(AGENT_CONFIG, config.encode(), mode=0o644)
 
     def agent_command(self, bundle_path: str) -> str:
-        return shlex.join([*self.python, "-I", bundle_path, "-c", AGENT_MAIN_CONFIG, "announce"])
+        # No -c: the default /etc/autoreg/autoreg.conf, which may be absent, and its drop-ins.
+        return shlex.join([*self.python, "-I", bundle_path, "announce"])
 
     def start(self, bundle_path: str, *, systemd: bool, persist: bool) -> str:
         """Start (or restart) the agent; how it runs, in words."""

@@ -124,6 +124,19 @@ class _Machine:
     token_id: str | None = None
 
 
+class UnknownHostKey(SSHError):
+    """A machine whose host key is not known, without --accept-new: what it showed."""
+
+    def __init__(self, fingerprint: str, known_hosts: Path, *, host: str, port: int) -> None:
+        self.fingerprint = fingerprint
+        super().__init__(
+            f"its host key {fingerprint} is not in {known_hosts}: check it, then add it "
+            "there or run again with --accept-new (trust on first use)",
+            host=host,
+            port=port,
+        )
+
+
 def node_id_of(host_key: paramiko.PKey) -> str:
     """One host key is one node: the id is derived from it (stable across runs)."""
     return hashlib.sha256(host_key.asbytes()).hexdigest()[:16]
@@ -320,7 +333,11 @@ class _Work:
         except asyncio.CancelledError:
             raise
         except FingerprintMismatch as exc:
+            m.result = dataclasses.replace(m.result, fingerprint=exc.actual)
             await self._failed(index, m, "refused", _mismatch(exc, self.known.path))
+        except UnknownHostKey as exc:
+            m.result = dataclasses.replace(m.result, fingerprint=exc.fingerprint)
+            await self._failed(index, m, "failed", f"{step}: {exc}")
         except (AutoregError, OSError) as exc:
             await self._failed(index, m, "failed", f"{step}: {exc}")
 
@@ -346,12 +363,7 @@ class _Work:
         shown = fingerprint_of_key(session.host_key)
         if not self.options.accept_new:
             session.close()
-            raise SSHError(
-                f"its host key {shown} is not in {self.known.path}: check it, then add it "
-                f"there or run again with --accept-new (trust on first use)",
-                host=t.host,
-                port=t.port,
-            )
+            raise UnknownHostKey(shown, self.known.path, host=t.host, port=t.port)
         self.known.record(t, session.host_key)
         try:
             assert self.key is not None

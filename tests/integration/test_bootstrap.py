@@ -1,0 +1,266 @@
+"""``autoreg bootstrap`` on machines that have only sshd and python3.
+
+Each machine is a namespace host whose sshd runs in a private mount namespace:
+``/etc/autoreg``, ``/var/lib/autoreg`` and ``/var/cache/autoreg`` are its own
+(nothing of autoreg is installed there), so what bootstrap copies, writes and
+starts is that machine's alone.  The agent runs with ``python3 -S``: no
+site-packages at all, only the standard library and what the zipapp carries.
+The registrar's receipt goes to the default path on the machine, over SSH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from registration.state import NodeState
+from support import netlab
+from support.autoreg_lab import AutoregLab, Station
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
+
+MOUNTS = ("/etc/autoreg", "/var/lib/autoreg", "/var/cache/autoreg")
+#: The machines' Python: no site-packages, so only the bundle can supply libraries.
+PYTHON = "python3 -S"
+API_PORT = 8443
+MACHINES = 10
+
+
+@dataclass
+class Machine:
+    host: netlab.Host
+    sshd: netlab.Sshd
+    root: dict[str, Path]
+
+    @property
+    def ip(self) -> str:
+        return self.host.ip
+
+    def cached(self) -> list[Path]:
+        return sorted(self.root["/var/cache/autoreg"].glob("*.pyz"))
+
+    def accepted_from(self) -> set[str]:
+        """Addresses whose SSH logins this machine's sshd accepted."""
+        lines = self.sshd.proc.log_text().splitlines()
+        return {
+            line.split(" from ")[1].split()[0] for line in lines if "Accepted publickey" in line
+        }
+
+
+Make = Callable[..., Machine]
+
+
+@pytest.fixture
+def machine(alab: AutoregLab) -> Iterator[Make]:
+    """Namespace hosts with sshd (authorising ``registrar``'s key) and python3, nothing else."""
+    with netlab.mountpoints(MOUNTS):
+
+        def make(name: str, registrar: Station) -> Machine:
+            host = alab.lab.add_host(name)
+            root = {m: host.workdir / "root" / m.strip("/").replace("/", "-") for m in MOUNTS}
+            for directory in root.values():
+                directory.mkdir(parents=True)
+            pub = (registrar.keys_dir / "controller_ed25519.pub").read_text()
+            sshd = host.start_sshd(authorized_keys=[pub], mounts=root)
+            return Machine(host, sshd, root)
+
+        yield make
+
+
+def cc_registrar(alab: AutoregLab, *, hook: str = "", listen: bool = True) -> Station:
+    """A CC, itself registered by a CLC, that registers the NCs of cluster c1 by token only."""
+    clc = alab.registrar("clc", "clc")
+    cc = alab.registrar("cc", "cc", cluster="c1", node_role="cc")
+    cc.extra.setdefault("controller", {}).update(
+        trust="token", node_receipt_path="/var/lib/autoreg/node/receipt.json"
+    )
+    if listen:
+        cc.extra["controller"]["listen"] = f"{cc.host.ip}:{API_PORT}"
+    cc.hook("nc", f'#!/bin/sh\n{hook}echo "$AUTOREG_NODE_ID" >> {cc.host.workdir / "hook.log"}\n')
+    clc.hook("cc", "#!/bin/sh\nexit 0\n")
+    clc.start_daemon()
+    cc.start_daemon()
+    cc.start_announcer()
+    clc.wait_state(cc.node_id, NodeState.REGISTERED)
+    return cc
+
+
+def bootstrap(
+    station: Station, *args: str, env: dict[str, str] | None = None, timeout: float = 200
+) -> tuple[int, dict[str, object], str]:
+    """``autoreg bootstrap --json …`` in the station's namespace: (exit, summary, stderr)."""
+    station.write_config()
+    argv = [sys.executable, "-P", "-m", "registration", "-c", str(station.conf), "bootstrap",
+            "--remote-python", PYTHON, "--json", *args]  # fmt: skip
+    r = station.host.run(argv, check=False, timeout=timeout, env=env)
+    stderr = r.stderr.decode(errors="replace")
+    try:
+        summary = json.loads(r.stdout)
+    except ValueError as exc:
+        raise AssertionError(
+            f"no JSON summary (exit {r.returncode}):\n{r.stdout!r}\n{stderr}"
+        ) from exc
+    return r.returncode, summary, stderr
+
+
+def diagnose(registrar: Station, machines: list[Machine]) -> str:
+    """What went wrong: the first machine's agent log and the registrar's log, tails."""
+    agent = machines[0].root["/var/lib/autoreg"] / "bootstrap" / "agent.log"
+    text = agent.read_text()[-3000:] if agent.exists() else "(no agent log)"
+    daemon = registrar.daemon.log_text()[-3000:] if registrar.daemon else ""
+    return f"--- agent ---\n{text}\n--- registrar ---\n{daemon}"
+
+
+def rows(summary: dict[str, object]) -> list[dict[str, object]]:
+    targets = summary["targets"]
+    assert isinstance(targets, list)
+    return targets
+
+
+def test_ten_bare_machines_register_and_the_cache_spares_copies(
+    alab: AutoregLab, machine: Make, tmp_path: Path
+) -> None:
+    cc = cc_registrar(alab)
+    machines = [machine(f"m{i}", cc) for i in range(MACHINES)]
+    ips = [m.ip for m in machines]
+    flags = ["--role", "nc", "--cluster", "c1", "--accept-new", "--converged-timeout", "40"]
+
+    code, first, stderr = bootstrap(cc, *flags, *ips)
+    assert code == 0, stderr + diagnose(cc, machines)
+    assert first["copied"] == MACHINES
+    # Settled: it returned when the last machine registered, not after the quiet period.
+    assert float(first["elapsed"]) < 40  # type: ignore[arg-type]
+    for m, row in zip(machines, rows(first), strict=True):
+        assert row["state"] == "registered" and row["ok"], row
+        assert row["fingerprint"] == m.sshd.fingerprint  # recorded, and what the sshd has
+        rec = cc.node(str(row["node_id"]))
+        assert rec is not None and rec.state is NodeState.REGISTERED
+        assert rec.granted and rec.granted.startswith("token:"), rec.granted  # its own token
+        assert [p.name for p in m.cached()] == [first["bundle"]]
+        assert (m.root["/var/lib/autoreg"] / "node" / "receipt.json").exists()
+    hooked = (cc.host.workdir / "hook.log").read_text().split()
+    assert sorted(hooked) == sorted(str(r["node_id"]) for r in rows(first))  # once each
+    # Self-contained: under -I -S every library the node side uses comes from the zipapp.
+    pyz = machines[0].cached()[0]
+    check = machines[0].host.run(["python3", "-I", "-S", str(pyz), "check"], timeout=60)
+    modules = json.loads(check.stdout)["modules"]
+    assert all(path.startswith(str(pyz)) for path in modules.values()), modules
+
+    # A second run copies nothing, and changes nothing.
+    stamps = [m.cached()[0].stat().st_mtime_ns for m in machines]
+    code, second, stderr = bootstrap(cc, *flags, *ips)
+    assert code == 0, stderr
+    assert second["copied"] == 0 and second["bundle"] == first["bundle"]
+    assert [m.cached()[0].stat().st_mtime_ns for m in machines] == stamps
+    assert all(r["state"] == "registered" for r in rows(second))
+    assert (cc.host.workdir / "hook.log").read_text().split() == hooked  # no hook again
+
+    # Another autoreg version is another bundle: copied again, everywhere.
+    changed = tmp_path / "changed"
+    shutil.copytree(Path(__file__).parents[2] / "registration", changed / "registration",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    version = changed / "registration" / "_version.py"
+    version.write_text(version.read_text().replace('__version__ = "', '__version__ = "9.9.9+'))
+    env = {"PYTHONPATH": str(changed)}
+    code, third, stderr = bootstrap(cc, *flags, *ips, env=env)
+    assert code == 0, stderr
+    assert third["copied"] == MACHINES and "9.9.9" in str(third["bundle"])
+    assert all(len(m.cached()) == 2 for m in machines)
+    assert all(r["state"] == "registered" for r in rows(third))
+
+
+def test_a_machine_that_cannot_reach_the_registrar_registers_through_the_ssh_connection(
+    alab: AutoregLab, machine: Make
+) -> None:
+    cc = cc_registrar(alab)
+    cut = machine("cut", cc)
+    # New connections from the machine to the registrar, and its mDNS, are dropped.
+    rules = (
+        "table inet autoreg_cut {\n chain out {\n  type filter hook output priority 0;\n"
+        f"  ip daddr {cc.host.ip} ct state new drop\n  ip daddr 224.0.0.251 drop\n }}\n}}\n"
+    )
+    cut.host.run(["nft", "-f", "-"], input=rules.encode(), timeout=15)
+    probe = f"import socket; socket.create_connection(('{cc.host.ip}', {API_PORT}), 2)"
+    assert cut.host.run(["python3", "-c", probe], check=False, timeout=30).returncode != 0
+
+    code, summary, stderr = bootstrap(cc, "--role", "nc", "--cluster", "c1", "--accept-new",
+                                      "--converged-timeout", "30", cut.ip)  # fmt: skip
+    assert code == 0, stderr
+    (row,) = rows(summary)
+    assert row["route"] == "ssh-forward" and row["state"] == "registered", row
+    rec = cc.node(str(row["node_id"]))
+    assert rec is not None and rec.state is NodeState.REGISTERED
+    events = [e.message for e in cc.events(rec.node_id)]
+    assert any("unicast" in m for m in events) or rec.source.value == "unicast", events
+
+
+def test_an_unknown_or_wrong_host_key_is_refused_before_anything_is_copied(
+    alab: AutoregLab, machine: Make, tmp_path: Path
+) -> None:
+    cc = cc_registrar(alab, listen=False)
+    unknown, spoofed = machine("unknown", cc), machine("spoofed", cc)
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(
+        f"{spoofed.ip} {' '.join(other.with_suffix('.pub').read_text().split()[:2])}\n"
+    )
+
+    code, summary, _ = bootstrap(cc, "--role", "nc", "--cluster", "c1", "--known-hosts",
+                                 str(known_hosts), unknown.ip, spoofed.ip)  # fmt: skip
+    assert code == 1
+    first, second = rows(summary)
+    assert first["state"] == "failed" and "--accept-new" in str(first["detail"])
+    assert first["fingerprint"] == unknown.sshd.fingerprint  # recorded all the same
+    assert second["state"] == "refused" and "host key mismatch" in str(second["detail"])
+    assert second["fingerprint"] == spoofed.sshd.fingerprint
+    for m in (unknown, spoofed):
+        assert m.cached() == [] and not any(m.root["/etc/autoreg"].iterdir())
+        assert "Accepted publickey" not in m.sshd.proc.log_text()  # never even logged in
+    assert cc.cli("token", "list", "--json").stdout.strip() in ("[]", "")
+
+
+def test_converged_timeout_returns_after_the_quiet_period_while_a_hook_still_runs(
+    alab: AutoregLab, machine: Make
+) -> None:
+    cc = cc_registrar(alab, hook="sleep 15\n", listen=False)
+    slow = machine("slow", cc)
+    started = time.monotonic()
+    code, summary, _ = bootstrap(cc, "--role", "nc", "--cluster", "c1", "--accept-new",
+                                 "--converged-timeout", "3", slow.ip)  # fmt: skip
+    took = time.monotonic() - started
+    assert code == 1
+    (row,) = rows(summary)
+    assert row["state"] == "registering" and "no change for 3 s" in str(row["detail"]), row
+    assert 3 <= took < 14  # the quiet period after the hook started, not the hook's end
+    rec = cc.node(str(row["node_id"]))
+    assert rec is not None and rec.state is NodeState.REGISTERING
+
+
+def test_via_a_cc_the_operator_makes_one_connection(alab: AutoregLab, machine: Make) -> None:
+    cc = cc_registrar(alab, listen=False)
+    clc = alab.stations["clc"]
+    ncs = [machine(f"nc{i}", cc) for i in range(2)]
+    # The CC's own autoreg, with the CC's own configuration, state and keys.
+    remote = f"{sys.executable} -P -m registration -c {cc.conf}"
+
+    flags = ["--role", "nc", "--cluster", "c1", "--accept-new", "--converged-timeout", "30"]
+    via = ["--via", cc.node_id, "--remote-autoreg", remote]
+    code, summary, stderr = bootstrap(clc, *via, *flags, *(m.ip for m in ncs))
+    assert code == 0, stderr
+    for m, row in zip(ncs, rows(summary), strict=True):
+        assert row["state"] == "registered" and str(row["route"]).startswith(f"via {cc.host.name}")
+        rec = cc.node(str(row["node_id"]))  # registered by the CC, in the CC's store
+        assert rec is not None and rec.state is NodeState.REGISTERED
+        assert clc.node(str(row["node_id"])) is None
+        assert m.accepted_from() == {cc.host.ip}  # the operator never connected to it
+    assert os.path.exists(cc.state_dir / "bootstrap_known_hosts")
