@@ -205,3 +205,25 @@ def test_truncated_blob_is_rejected(tmp_path: Path) -> None:
     truncated = base64.b64encode(blob[:15]).decode()  # the type string, nothing more
     with pytest.raises(KeyMaterialError):
         parse_public_key(f"{key_type} {truncated}", source="t")
+
+
+def test_without_cryptography_the_wire_format_is_still_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The node agent carries no cryptography: a truncated key is still refused."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_cryptography(name: str, *args: object, **kwargs: object) -> object:
+        if name.startswith("cryptography"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", no_cryptography)
+    blob = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + bytes(32)
+    line = "ssh-ed25519 " + base64.b64encode(blob).decode()
+    assert parse_public_key(line, source="k").blob == blob
+    for bad in (blob[:-1], blob + b"\x00", blob[:15]):
+        with pytest.raises(KeyMaterialError, match="not a valid ssh-ed25519"):
+            parse_public_key("ssh-ed25519 " + base64.b64encode(bad).decode(), source="k")

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,96 +24,26 @@ import pytest
 from registration.state import NodeState
 from support import netlab
 from support.autoreg_lab import AutoregLab, Station
+from support.bare import API_PORT, MOUNTS, Machine, bootstrap_cli, cc_registrar, make_machine
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
 
-MOUNTS = ("/etc/autoreg", "/var/lib/autoreg", "/var/cache/autoreg")
-#: The machines' Python: no site-packages, so only the bundle can supply libraries.
-PYTHON = "python3 -S"
-API_PORT = 8443
 MACHINES = 10
 
 
-@dataclass
-class Machine:
-    host: netlab.Host
-    sshd: netlab.Sshd
-    root: dict[str, Path]
-
-    @property
-    def ip(self) -> str:
-        return self.host.ip
-
-    def cached(self) -> list[Path]:
-        return sorted(self.root["/var/cache/autoreg"].glob("*.pyz"))
-
-    def accepted_from(self) -> set[str]:
-        """Addresses whose SSH logins this machine's sshd accepted."""
-        lines = self.sshd.proc.log_text().splitlines()
-        return {
-            line.split(" from ")[1].split()[0] for line in lines if "Accepted publickey" in line
-        }
-
-
-Make = Callable[..., Machine]
-
-
 @pytest.fixture
-def machine(alab: AutoregLab) -> Iterator[Make]:
-    """Namespace hosts with sshd (authorising ``registrar``'s key) and python3, nothing else."""
+def machine(alab: AutoregLab) -> Iterator[Callable[[str, Station], Machine]]:
     with netlab.mountpoints(MOUNTS):
-
-        def make(name: str, registrar: Station) -> Machine:
-            host = alab.lab.add_host(name)
-            root = {m: host.workdir / "root" / m.strip("/").replace("/", "-") for m in MOUNTS}
-            for directory in root.values():
-                directory.mkdir(parents=True)
-            pub = (registrar.keys_dir / "controller_ed25519.pub").read_text()
-            sshd = host.start_sshd(authorized_keys=[pub], mounts=root)
-            return Machine(host, sshd, root)
-
-        yield make
+        yield lambda name, registrar: make_machine(alab, name, registrar)
 
 
-def cc_registrar(alab: AutoregLab, *, hook: str = "", listen: bool = True) -> Station:
-    """A CC, itself registered by a CLC, that registers the NCs of cluster c1 by token only."""
-    clc = alab.registrar("clc", "clc")
-    cc = alab.registrar("cc", "cc", cluster="c1", node_role="cc")
-    cc.extra.setdefault("controller", {}).update(
-        trust="token", node_receipt_path="/var/lib/autoreg/node/receipt.json"
-    )
-    if listen:
-        cc.extra["controller"]["listen"] = f"{cc.host.ip}:{API_PORT}"
-    cc.hook("nc", f'#!/bin/sh\n{hook}echo "$AUTOREG_NODE_ID" >> {cc.host.workdir / "hook.log"}\n')
-    clc.hook("cc", "#!/bin/sh\nexit 0\n")
-    clc.start_daemon()
-    cc.start_daemon()
-    cc.start_announcer()
-    clc.wait_state(cc.node_id, NodeState.REGISTERED)
-    return cc
-
-
-def bootstrap(
-    station: Station, *args: str, env: dict[str, str] | None = None, timeout: float = 200
-) -> tuple[int, dict[str, object], str]:
-    """``autoreg bootstrap --json …`` in the station's namespace: (exit, summary, stderr)."""
-    station.write_config()
-    argv = [sys.executable, "-P", "-m", "registration", "-c", str(station.conf), "bootstrap",
-            "--remote-python", PYTHON, "--json", *args]  # fmt: skip
-    r = station.host.run(argv, check=False, timeout=timeout, env=env)
-    stderr = r.stderr.decode(errors="replace")
-    try:
-        summary = json.loads(r.stdout)
-    except ValueError as exc:
-        raise AssertionError(
-            f"no JSON summary (exit {r.returncode}):\n{r.stdout!r}\n{stderr}"
-        ) from exc
-    return r.returncode, summary, stderr
+Make = Callable[[str, Station], Machine]
+bootstrap = bootstrap_cli
 
 
 def diagnose(registrar: Station, machines: list[Machine]) -> str:
     """What went wrong: the first machine's agent log and the registrar's log, tails."""
-    agent = machines[0].root["/var/lib/autoreg"] / "bootstrap" / "agent.log"
+    agent = machines[0].agent_log
     text = agent.read_text()[-3000:] if agent.exists() else "(no agent log)"
     daemon = registrar.daemon.log_text()[-3000:] if registrar.daemon else ""
     return f"--- agent ---\n{text}\n--- registrar ---\n{daemon}"
