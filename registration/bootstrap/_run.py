@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import hashlib
 import ipaddress
+import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,6 +43,8 @@ from ._known_hosts import KnownHosts, fingerprint_of_key
 from ._relay import Relay
 from ._remote_host import AGENT_HOST_KEY, AGENT_TOKEN, REMOTE_CACHE, Facts, Remote, cache_path
 from ._targets import Target
+
+log = logging.getLogger(__name__)
 
 __all__ = ["BootstrapOptions", "BootstrapReport", "TargetResult", "bootstrap"]
 
@@ -85,6 +88,9 @@ class TargetResult:
     route: str = "-"
     agent: str = ""
     detail: str = ""
+    #: Seconds from bootstrap's start until the agent ran, and until the outcome settled.
+    started_after: float | None = None
+    settled_after: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -224,7 +230,7 @@ class _Work:
             self.pin = identity.fingerprint
 
     async def run(self, machines: list[_Machine]) -> None:
-        now = time.monotonic()
+        now = self.began = time.monotonic()
         self.converge: Convergence[int] = Convergence(
             self.options.converged_timeout, now, range(len(machines))
         )
@@ -254,8 +260,18 @@ class _Work:
             )
 
     def _set(self, index: int, m: _Machine, outcome: Outcome, **fields: Any) -> None:
+        now = time.monotonic()
+        if not self.converge.observe(index, outcome, now):
+            m.result = dataclasses.replace(m.result, **fields)
+            return
+        after = round(now - self.began, 3)
+        log.debug("%s: %s after %.3f s", m.target, outcome.state, after)
+        if outcome.state == "started":
+            fields["started_after"] = after
+        if outcome.settled and m.result.settled_after is None:
+            fields["settled_after"] = after
         m.result = dataclasses.replace(m.result, state=outcome.state, **fields)
-        if self.converge.observe(index, outcome, time.monotonic()) and self.progress:
+        if self.progress:
             self.progress(outcome.state, m.result)
 
     async def _observe(self, machines: list[_Machine]) -> None:
