@@ -39,8 +39,9 @@ test-pypi: bootstrap
 test-debian: bootstrap-debian
 	$(VENV_DEBIAN)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS) \
 		tests/protocol tests/config tests/state tests/controller tests/node tests/media \
-		tests/docs tests/integration/test_core_loop.py \
-		-k "not uniqueness and not failing_hook"
+		tests/docs tests/bootstrap tests/integration/test_core_loop.py \
+		tests/integration/test_bootstrap.py \
+		-k "not uniqueness and not failing_hook and not ten_bare and not via_a_cc"
 	$(VENV_DEBIAN)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS) \
 		tests/integration/test_etcd_ha.py -k "thirty or kill_9"
 

@@ -174,6 +174,17 @@ poll_interval = 0.2
     # Upgrade to this release: same registrations, same switches, schema migrated, and
     # the trust of a version without trust: open, said in the log and in the status.
     _installed(debroot, debs["current"], "/tmp/debs-current")
+    # `autoreg bootstrap`'s agent, built from the installed package and Debian's own
+    # libraries, runs on the standard library alone.
+    build = (
+        "from registration._bundle import build_bundle as b; "
+        "open('/tmp/a.pyz', 'wb').write(b().data)"
+    )
+    debroot.run(["python3", "-c", build], timeout=120)
+    check = json.loads(
+        debroot.run(["python3", "-I", "-S", "/tmp/a.pyz", "check"], timeout=60).stdout
+    )
+    assert all(path.startswith("/tmp/a.pyz/") for path in check["modules"].values()), check
     assert debroot.run(["autoreg", "--version"]).stdout.strip().endswith(CURRENT)
     assert admin_note in conf.read_text()
     assert not list((root / "etc/autoreg").glob("*.dpkg-*"))
