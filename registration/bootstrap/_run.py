@@ -50,6 +50,8 @@ __all__ = ["BootstrapOptions", "BootstrapReport", "TargetResult", "bootstrap"]
 
 #: Seconds between looks at the store while waiting for the nodes to register.
 POLL: Final = 0.25
+#: Up to this many machines the store is read node by node; beyond, in one listing.
+FEW: Final = 32
 #: Seconds of quiet after which bootstrap returns with nodes still open (--converged-timeout).
 DEFAULT_CONVERGED_TIMEOUT: Final = 60.0
 #: A join token made by bootstrap lives this long unless told otherwise (--token-ttl).
@@ -128,6 +130,8 @@ class _Machine:
     result: TargetResult
     session: VerifiedSession | None = None
     token_id: str | None = None
+    #: What it is doing now (a failure says in which step).
+    step: str = "connecting"
 
 
 class UnknownHostKey(SSHError):
@@ -161,6 +165,11 @@ async def bootstrap(
     if not targets:
         raise ConfigError("no target given (TARGET..., or --hosts FILE)")
     machines = [_machine(config, t, options) for t in targets]
+    seen: dict[str, Target] = {}
+    for t in targets:
+        if t.key in seen:
+            raise ConfigError(f"{t} is given twice (also as {seen[t.key]}): once per machine")
+        seen[t.key] = t
     started = time.monotonic()
     threads = ThreadLimiter("autoreg-bootstrap", max(1, options.parallel))
     try:
@@ -275,77 +284,26 @@ class _Work:
             self.progress(outcome.state, m.result)
 
     async def _observe(self, machines: list[_Machine]) -> None:
-        """The store's word on every machine whose agent runs."""
-        for i, m in enumerate(machines):
-            if m.result.node_id is None or not m.result.agent:
-                continue
-            rec = await self.store.get(m.result.node_id)
-            if rec is None:
-                continue
-            self._set(i, m, _outcome(rec))
+        """The store's word on every machine whose agent runs (one read for many)."""
+        running = [(i, m) for i, m in enumerate(machines) if m.result.node_id and m.result.agent]
+        if len(running) > FEW:
+            by_id = {rec.node_id: rec for rec in await self.store.nodes()}
+        else:
+            by_id = {}
+            for _, m in running:
+                assert m.result.node_id is not None
+                found = await self.store.get(m.result.node_id)
+                if found is not None:
+                    by_id[found.node_id] = found
+        for i, m in running:
+            rec = by_id.get(m.result.node_id or "")
+            if rec is not None:
+                self._set(i, m, _outcome(rec))
 
     async def _one(self, index: int, m: _Machine) -> None:
-        step = "connecting"
         try:
             async with self.slots:
-                self._set(index, m, Outcome("connecting"))
-                m.session = await self.threads.run(self._connect, m)
-                fingerprint = fingerprint_of_key(m.session.host_key)
-                node_id = node_id_of(m.session.host_key)
-                m.result = dataclasses.replace(m.result, fingerprint=fingerprint, node_id=node_id)
-                step = "looking at the machine"
-                remote = Remote(
-                    m.session, self.options.python, self.config.controller.connect_timeout * 6
-                )
-                endpoint = self._endpoint(m.session)
-                facts = await self.threads.run(
-                    remote.facts, self.path, self.bundle.sha256, endpoint
-                )
-                rec = await self.store.get(node_id)
-                already = (
-                    rec is not None
-                    and rec.state is NodeState.REGISTERED
-                    and rec.fingerprint == fingerprint
-                )
-                copy = not facts.cached or not self.options.cache
-                if copy:
-                    step = "copying the agent"
-                    self._set(index, m, Outcome("copying"))
-                    await self.threads.run(remote.copy, self.path, self.bundle.data)
-                m.result = dataclasses.replace(m.result, copied=copy)
-                if already and not copy:
-                    assert rec is not None
-                    self._set(index, m, Outcome("registered", settled=True, ok=True),
-                              name=rec.name, agent="unchanged",
-                              detail="already registered; the agent is current")  # fmt: skip
-                    return
-                step = "choosing the registrar's route"
-                route, registrar = await self._route(m, facts, endpoint)
-                name = _node_name(facts.hostname, m.role, node_id)
-                token = None
-                if not already:
-                    step = "making a join token"
-                    joined, _ = await create_token(
-                        self.config,
-                        self.store,
-                        roles=[m.role],
-                        cluster=m.cluster,
-                        uses=1,
-                        ttl=self.options.token_ttl,
-                        description=f"autoreg bootstrap of {m.target} ({node_id})",
-                    )
-                    m.token_id, token = joined.token_id, str(joined)
-                step = "writing the node's configuration"
-                conf = self._node_conf(m, node_id, name, registrar, token is not None)
-                await self.threads.run(
-                    remote.install, config=conf, token=token, host_key_line=m.session.host_key_line
-                )
-                step = "starting the agent"
-                agent = await self.threads.run(
-                    remote.start, self.path, systemd=facts.systemd, persist=self.options.persist
-                )
-                m.result = dataclasses.replace(m.result, name=name, route=route, agent=agent)
-                self._set(index, m, Outcome("started", detail=agent))
+                await self._steps(index, m)
         except asyncio.CancelledError:
             raise
         except FingerprintMismatch as exc:
@@ -353,9 +311,81 @@ class _Work:
             await self._failed(index, m, "refused", _mismatch(exc, self.known.path))
         except UnknownHostKey as exc:
             m.result = dataclasses.replace(m.result, fingerprint=exc.fingerprint)
-            await self._failed(index, m, "failed", f"{step}: {exc}")
+            await self._failed(index, m, "failed", f"{m.step}: {exc}")
         except (AutoregError, OSError) as exc:
-            await self._failed(index, m, "failed", f"{step}: {exc}")
+            await self._failed(index, m, "failed", f"{m.step}: {exc}")
+
+    async def _steps(self, index: int, m: _Machine) -> None:
+        """Connect, look, copy; then configure and start unless all is in place already."""
+        self._set(index, m, Outcome("connecting"))
+        m.session = session = await self.threads.run(self._connect, m)
+        fingerprint = fingerprint_of_key(session.host_key)
+        node_id = node_id_of(session.host_key)
+        m.result = dataclasses.replace(m.result, fingerprint=fingerprint, node_id=node_id)
+        m.step = "looking at the machine"
+        remote = Remote(session, self.options.python, self.config.controller.connect_timeout * 6)
+        endpoint = self._endpoint(session)
+        facts = await self.threads.run(remote.facts, self.path, self.bundle.sha256, endpoint)
+        rec = await self.store.get(node_id)
+        already = (
+            rec is not None and rec.state is NodeState.REGISTERED and rec.fingerprint == fingerprint
+        )
+        copy = not facts.cached or not self.options.cache
+        if copy:
+            m.step = "copying the agent"
+            self._set(index, m, Outcome("copying"))
+            await self.threads.run(remote.copy, self.path, self.bundle.data)
+        m.result = dataclasses.replace(m.result, copied=copy)
+        if already and not copy:
+            assert rec is not None
+            self._set(index, m, Outcome("registered", settled=True, ok=True),
+                      name=rec.name, agent="unchanged",
+                      detail="already registered; the agent is current")  # fmt: skip
+            return
+        await self._start(index, m, remote, facts, endpoint, token=not already)
+
+    async def _start(
+        self,
+        index: int,
+        m: _Machine,
+        remote: Remote,
+        facts: Facts,
+        endpoint: tuple[str, int] | None,
+        *,
+        token: bool,
+    ) -> None:
+        """The node's configuration (with a fresh token unless registered), then the agent."""
+        assert m.session is not None and m.result.node_id is not None
+        node_id = m.result.node_id
+        m.step = "choosing the registrar's route"
+        route, registrar = await self._route(m, facts, endpoint)
+        name = _node_name(facts.hostname, m.role, node_id)
+        secret = None
+        if token:
+            m.step = "making a join token"
+            joined, _ = await create_token(
+                self.config,
+                self.store,
+                roles=[m.role],
+                cluster=m.cluster,
+                uses=1,
+                ttl=self.options.token_ttl,
+                description=f"autoreg bootstrap of {m.target} ({node_id})",
+            )
+            m.token_id, secret = joined.token_id, str(joined)
+        m.step = "writing the node's configuration"
+        conf = self._node_conf(m, node_id, name, registrar, secret is not None)
+        key_line = m.session.host_key_line
+        await self.threads.run(remote.install, config=conf, token=secret, host_key_line=key_line)
+        m.step = "starting the agent"
+        agent = await self.threads.run(
+            remote.start, self.path, systemd=facts.systemd, persist=self.options.persist
+        )
+        m.result = dataclasses.replace(m.result, name=name, route=route, agent=agent)
+        if route != "ssh-forward":  # only a relay needs the connection any longer
+            m.session.close()
+            m.session = None
+        self._set(index, m, Outcome("started", detail=agent))
 
     async def _failed(self, index: int, m: _Machine, state: str, detail: str) -> None:
         if m.token_id is not None and not m.result.agent:

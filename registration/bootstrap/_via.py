@@ -84,7 +84,7 @@ def _second_tier(
     if hosts_file is not None:
         hosts_path = f"/tmp/autoreg-bootstrap-hosts-{secrets.token_hex(6)}"  # noqa: S108 - on NODE, random, removed after
         session.write_file(hosts_path, hosts_file, mode=0o600)
-        argv += ["--hosts", hosts_path]
+        argv[:0] = ["--hosts", hosts_path]  # an option: before the "--" ending them
     command = f"{remote_autoreg} bootstrap --json {shlex.join(argv)}"
     if hosts_path is not None:
         command = f"{command}; status=$?; rm -f {hosts_path}; exit $status"
@@ -108,9 +108,13 @@ def _second_tier(
     except paramiko.SSHException as exc:  # pragma: no cover - run_command maps its own
         raise AutoregError(f"--via {name}: {exc}") from exc
     if code not in (0, 1):
+        why = (
+            "autoreg is not installed there: see --remote-autoreg"
+            if code == 127
+            else f"what {name} said is above, prefixed with its name"
+        )
         raise AutoregError(
-            f"--via {name}: `{command}` ended with exit status {code} and no summary "
-            "(is autoreg installed there? see --remote-autoreg)"
+            f"--via {name}: `{command}` ended with exit status {code} and no summary ({why})"
         )
     return _report(name, bytes(out))
 

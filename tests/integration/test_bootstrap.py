@@ -175,16 +175,21 @@ def test_converged_timeout_returns_after_the_quiet_period_while_a_hook_still_run
     assert rec is not None and rec.state is NodeState.REGISTERING
 
 
-def test_via_a_cc_the_operator_makes_one_connection(alab: AutoregLab, machine: Make) -> None:
+def test_via_a_cc_the_operator_makes_one_connection(
+    alab: AutoregLab, machine: Make, tmp_path: Path
+) -> None:
     cc = cc_registrar(alab, listen=False)
     clc = alab.stations["clc"]
     ncs = [machine(f"nc{i}", cc) for i in range(2)]
     # The CC's own autoreg, with the CC's own configuration, state and keys.
     remote = f"{sys.executable} -P -m registration -c {cc.conf}"
 
-    flags = ["--role", "nc", "--cluster", "c1", "--accept-new", "--converged-timeout", "30"]
+    # The targets in a hosts file, each with its role and cluster: read here, sent there.
+    hosts = tmp_path / "ncs.txt"
+    hosts.write_text("".join(f"{m.ip} nc c1\n" for m in ncs))
     via = ["--via", cc.node_id, "--remote-autoreg", remote]
-    code, summary, stderr = bootstrap(clc, *via, *flags, *(m.ip for m in ncs))
+    flags = ["--accept-new", "--converged-timeout", "30", "--hosts", str(hosts)]
+    code, summary, stderr = bootstrap(clc, *via, *flags)
     assert code == 0, stderr
     for m, row in zip(ncs, rows(summary), strict=True):
         assert row["state"] == "registered" and str(row["route"]).startswith(f"via {cc.host.name}")
@@ -193,3 +198,55 @@ def test_via_a_cc_the_operator_makes_one_connection(alab: AutoregLab, machine: M
         assert clc.node(str(row["node_id"])) is None
         assert m.accepted_from() == {cc.host.ip}  # the operator never connected to it
     assert os.path.exists(cc.state_dir / "bootstrap_known_hosts")
+
+
+#: Stand-ins for systemd's two commands, on machines where no systemd runs (this lab has
+#: none to offer): they log how they were called and start what systemd would start.
+FAKE_SYSTEMD_RUN = """#!/bin/sh
+echo "systemd-run $*" >> /run/systemd-calls.log
+while [ $# -gt 0 ]; do case "$1" in --*) shift ;; *) break ;; esac; done
+setsid "$@" </dev/null >>/run/agent.log 2>&1 &
+"""
+FAKE_SYSTEMCTL = """#!/bin/sh
+echo "systemctl $*" >> /run/systemd-calls.log
+if [ "$1" = restart ]; then
+  command=$(sed -n 's/^ExecStart=//p' /etc/systemd/system/autoreg-agent.service)
+  setsid sh -c "exec $command" </dev/null >>/run/agent.log 2>&1 &
+fi
+"""
+
+
+def test_where_systemd_runs_the_agent_is_a_transient_unit_or_with_persist_an_enabled_one(
+    alab: AutoregLab, tmp_path: Path
+) -> None:
+    mounts = (*MOUNTS, "/run", "/etc/systemd/system", "/usr/local/bin")
+    with netlab.mountpoints(mounts):
+        cc = cc_registrar(alab, listen=False)
+        machines = []
+        for name in ("transient", "persistent"):
+            m = make_machine(alab, name, cc, extra={
+                "/run": {"sshd": None, "systemd/system": None},
+                "/usr/local/bin": {"systemd-run": FAKE_SYSTEMD_RUN, "systemctl": FAKE_SYSTEMCTL},
+                "/etc/systemd/system": {},
+            })  # fmt: skip
+            machines.append(m)
+        transient, persistent = machines
+        base = ["--role", "nc", "--cluster", "c1", "--accept-new", "--converged-timeout", "30"]
+        code, summary, stderr = bootstrap(cc, *base, transient.ip)
+        assert code == 0, stderr
+        code, summary2, stderr = bootstrap(cc, *base, "--persist", persistent.ip)
+        assert code == 0, stderr
+    (row,) = rows(summary)
+    assert row["state"] == "registered" and "transient systemd unit" in str(row["agent"])
+    calls = (transient.root["/run"] / "systemd-calls.log").read_text()
+    assert "systemd-run --unit=autoreg-agent " in calls and "--property=Restart=on-failure" in calls
+    (row,) = rows(summary2)
+    assert row["state"] == "registered" and "(enabled)" in str(row["agent"])
+    unit = (persistent.root["/etc/systemd/system"] / "autoreg-agent.service").read_text()
+    assert "ExecStart=python3 -S -I /var/cache/autoreg/autoreg-" in unit
+    assert "WantedBy=multi-user.target" in unit
+    calls = (persistent.root["/run"] / "systemd-calls.log").read_text().splitlines()
+    assert calls[-3:] == ["systemctl daemon-reload", "systemctl enable autoreg-agent.service",
+                          "systemctl restart autoreg-agent.service"]  # fmt: skip
+    for m in machines:  # no fallback background process where systemd runs
+        assert not (m.root["/var/lib/autoreg"] / "bootstrap" / "agent.pid").exists()

@@ -17,6 +17,7 @@ import select
 import shutil
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -84,12 +85,31 @@ class Machine:
                         entry.unlink()
 
 
-def make_machine(alab: AutoregLab, name: str, registrar: Station) -> Machine:
-    """A host with sshd (authorising ``registrar``'s key) and python3, nothing else."""
+def make_machine(
+    alab: AutoregLab,
+    name: str,
+    registrar: Station,
+    *,
+    extra: Mapping[str, Mapping[str, str | None]] | None = None,
+) -> Machine:
+    """A host with sshd (authorising ``registrar``'s key) and python3, nothing else.
+
+    ``extra``: more paths of its own, each with content (name -> an executable's text,
+    or None for a directory), e.g. a ``/run`` where systemd seems to run.
+    """
     host = alab.lab.add_host(name)
-    root = {m: host.workdir / "root" / m.strip("/").replace("/", "-") for m in MOUNTS}
+    paths = [*MOUNTS, *(extra or {})]
+    root = {m: host.workdir / "root" / m.strip("/").replace("/", "-") for m in paths}
     for directory in root.values():
         directory.mkdir(parents=True)
+    for mount, content in (extra or {}).items():
+        for entry, text in content.items():
+            path = root[mount] / entry
+            if text is None:
+                path.mkdir(parents=True)
+            else:
+                path.write_text(text)
+                path.chmod(0o755)
     pub = (registrar.keys_dir / "controller_ed25519.pub").read_text()
     sshd = host.start_sshd(authorized_keys=[pub], mounts=root)
     return Machine(host, sshd, root)
