@@ -14,7 +14,9 @@ registrars' event logs stream live:
    boots a second SC (refused: one SC per cluster), turns lockdown off (the
    third NC registers);
 4. shows what the ``nc`` hook left on a node and in the registrar's registry;
-5. cleans everything up and prints a one-line summary.
+5. trust: a rogue machine denied, an approval, an install window that seals;
+6. ``autoreg bootstrap`` of a machine that has sshd and python3 only;
+7. cleans everything up and prints a one-line summary.
 
 Needs root (network namespaces).  Nothing is done in the root network
 namespace: all mDNS traffic stays on the lab's private bridge.  Exit status:
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import hashlib
 import heapq
@@ -51,6 +54,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the netns lab lives with the tests
 from registration.state import NodeState, SqliteStore  # noqa: E402
 from support import netlab  # noqa: E402
 from support.autoreg_lab import AutoregLab, Station, autoreg_argv  # noqa: E402
+from support.bare import MOUNTS, make_machine  # noqa: E402
 
 S = NodeState
 CLUSTER = "foo"
@@ -493,10 +497,11 @@ class Demo:
         self.act3_lockdown()
         self.act4_hook()
         self.act5_trust()
+        self.act6_bootstrap()
         done = self.done
         counts = {
             "clc": [n for n in ("walrus", "cc1", "sc1") if n in done],
-            "cc1": [n for n in ("nc1", "nc2", "nc3", "nc4", "nc5", "nc6") if n in done],
+            "cc1": [n for n in ("nc1", "nc2", "nc3", "nc4", "nc5", "nc6", "nc8") if n in done],
         }
         return {
             "registered": counts,
@@ -506,6 +511,7 @@ class Demo:
             "approved": ["nc4"],
             "window": ["nc5", "nc6"],
             "pending": ["nc7"],
+            "bootstrapped": ["nc8"],
         }
 
     def token(self, registrar: Station, *args: str) -> str:
@@ -795,6 +801,42 @@ class Demo:
         )
         self.pause()
 
+    def act6_bootstrap(self) -> None:
+        out = self.out
+        cc1 = self.stations["cc1"]
+        self.act = "6. A machine with nothing installed"
+        out.header(self.act)
+        out.step("nc8 has sshd and python3, nothing of autoreg; cc1 brings it in over SSH:")
+        assert self.alab is not None
+        machine = make_machine(self.alab, "nc8", cc1)
+        args = ["bootstrap", "--role", "nc", "--cluster", CLUSTER, "--accept-new", machine.ip]
+        # One host key is one node: bootstrap derives the id from the key it verified.
+        key = base64.b64decode(machine.sshd.host_public_key.split()[1])
+        node_id = hashlib.sha256(key).hexdigest()[:16]
+        for attempt in ("first", "again"):
+            self.sync()
+            result = cc1.cli_in_ns(*args, timeout=self.timeout + 60, check=False)
+            if result.returncode != 0:
+                raise DemoError(f"`autoreg bootstrap` exited {result.returncode}: "
+                                f"{result.stderr.strip()[-2000:]}")  # fmt: skip
+            with self.out.lock:
+                self.out.command(f"autoreg -c {self.conf(cc1)} " + " ".join(_q(a) for a in args))
+                self.out.block(result.stdout)
+            self.sync()
+            if attempt == "first":
+                self.done["nc8"] = self.wait(
+                    "cc1 to record nc8 as registered",
+                    lambda: (r := cc1.node(node_id)) is not None and r.state is S.REGISTERED and r,
+                )
+                agent = ", ".join(p.name for p in machine.cached())
+                out.ok(
+                    "nc8 registered with a single-use token bootstrap made for it; the agent "
+                    f"({agent}) stays in nc8's /var/cache/autoreg"
+                )
+        self.expect("copied to 0" in result.stdout, "the second bootstrap copied the agent again")
+        out.ok("run again: nc8 is registered already and its cache has the agent: nothing copied")
+        self.pause()
+
     def act4_hook(self) -> None:
         out = self.out
         self.act = "4. What a hook did"
@@ -985,7 +1027,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear st
     lab: netlab.Lab | None = None
     cleanup_note = ""
     out.start()
-    with signals_raise():
+    # nc8's own /etc/autoreg, /var/lib/autoreg, /var/cache/autoreg (act 6) are mounted on
+    # these paths in its namespace: made here if this machine has none, removed after.
+    with netlab.mountpoints(MOUNTS), signals_raise():
         try:
             out.say("autoreg live demo — a small Eucalyptus cloud registers itself")
             if not out.quiet:
@@ -1011,7 +1055,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear st
             try:
                 demo.stop_followers()
                 out.stop()
-                out.header("6. Cleaning up")
+                out.header("7. Cleaning up")
                 if lab is not None:
                     out.step(
                         "stopping the registrars, announcers and sshds; deleting the namespaces"
@@ -1053,7 +1097,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear st
         f"autoreg demo: OK — {total} nodes registered ({by}), "
         f"{len(result['refused'])} refused (sc2), nc3 held by lockdown then registered, "
         "rogue denied, nc4 approved, nc5/nc6 through an install window that sealed, "
-        f"nc7 pending, in {elapsed:.1f}s{cleanup_note}"
+        f"nc7 pending, nc8 bootstrapped over SSH, in {elapsed:.1f}s{cleanup_note}"
     )
     with out.lock:
         print(line, flush=True)

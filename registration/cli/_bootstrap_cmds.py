@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +124,7 @@ def bootstrap(obj: _Ctx, /, targets: tuple[str, ...], hosts_file: Path | None, *
             options = _options(opts)
 
             def shown(state: str, result: boot.TargetResult) -> None:
-                if not as_json or not sys.stderr.isatty():
-                    click.echo(_progress_line(state, result), err=True)
+                click.echo(_progress_line(state, result), err=True)  # stdout: the summary
 
             report = with_store(
                 obj, lambda store: boot.bootstrap(config, store, chosen, options, progress=shown)

@@ -71,6 +71,7 @@ def test_ten_bare_machines_register_and_the_cache_spares_copies(
     for m, row in zip(machines, rows(first), strict=True):
         assert row["state"] == "registered" and row["ok"], row
         assert row["fingerprint"] == m.sshd.fingerprint  # recorded, and what the sshd has
+        assert row["name"] == m.host.name  # the machine's own host name
         rec = cc.node(str(row["node_id"]))
         assert rec is not None and rec.state is NodeState.REGISTERED
         assert rec.granted and rec.granted.startswith("token:"), rec.granted  # its own token

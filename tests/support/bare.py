@@ -111,7 +111,7 @@ def make_machine(
                 path.write_text(text)
                 path.chmod(0o755)
     pub = (registrar.keys_dir / "controller_ed25519.pub").read_text()
-    sshd = host.start_sshd(authorized_keys=[pub], mounts=root)
+    sshd = host.start_sshd(authorized_keys=[pub], mounts=root, hostname=name)
     return Machine(host, sshd, root)
 
 

@@ -568,6 +568,7 @@ class Host:
         reuse_key: bool = False,
         log_level: str = "VERBOSE",
         mounts: Mapping[str, Path] | None = None,
+        hostname: str | None = None,
     ) -> Sshd:
         """Start ``sshd -D -e`` bound to ``<ip>:<port>`` only, with a freshly generated host key.
 
@@ -577,7 +578,8 @@ class Host:
         ``mounts`` (path on the machine -> a directory of this host) gives sshd, and so
         every session and what it starts, a private mount namespace where each path is
         that directory: a machine with a file system of its own there (the path must
-        exist; see :func:`mountpoints`).
+        exist; see :func:`mountpoints`).  ``hostname``: a private UTS namespace of that
+        name (what ``uname -n`` says in its sessions).
         """
         PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
         key = self.workdir / f"sshd{port}_host_{key_type}_key"
@@ -614,13 +616,15 @@ class Host:
             )
         )
         argv = [SSHD, "-D", "-e", "-f", str(config)]
-        if mounts:
-            binds = " && ".join(
+        if mounts or hostname:
+            steps = [
                 f"mount --bind {shlex.quote(str(src))} {shlex.quote(dst)}"
-                for dst, src in mounts.items()
-            )
-            argv = ["unshare", "--mount", "--propagation", "private",
-                    "sh", "-c", f'{binds} && exec "$@"', "sh", *argv]  # fmt: skip
+                for dst, src in (mounts or {}).items()
+            ]
+            if hostname:
+                steps.append(f"hostname {shlex.quote(hostname)}")
+            argv = ["unshare", "--mount", "--uts", "--propagation", "private",
+                    "sh", "-c", f'{" && ".join(steps)} && exec "$@"', "sh", *argv]  # fmt: skip
         proc = self.spawn(argv, log_name=f"sshd{port}")
         try:
             proc.wait_for_log(r"Server listening on", ready_timeout)
