@@ -51,6 +51,9 @@ MIN_PYTHON: Final = (3, 11)
 OUTPUT_LIMIT: Final = 64 * 1024
 #: Seconds the facts script waits for the registrar's endpoint to answer a TCP connect.
 PROBE_TIMEOUT: Final = 3.0
+#: Seconds after its start at which the agent must still run: a broken configuration or
+#: a Python that cannot run it fails then, with its last words, not after the quiet period.
+AGENT_SETTLE: Final = 1.0
 
 #: Run by the target's python3: its version, name, init system, cache and reach.
 _FACTS: Final = f"""
@@ -90,8 +93,23 @@ if [ -s "$pidfile" ]; then
 fi
 cd /
 setsid {command} </dev/null >>{state}/agent.log 2>&1 &
-echo "$!" > "$pidfile"
-echo "$!"
+pid=$!
+echo "$pid" > "$pidfile"
+sleep {settle}
+if ! [ -e "/proc/$pid" ] || grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null; then
+  echo "the agent stopped at once; the end of {state}/agent.log:" >&2
+  tail -n 5 {state}/agent.log >&2
+  exit 1
+fi
+echo "$pid"
+"""
+#: After a start under systemd: the unit must still be active a moment later.
+_STILL_ACTIVE: Final = """sleep {settle}
+if ! systemctl is-active --quiet {unit}.service; then
+  echo "the agent stopped at once:" >&2
+  systemctl status --no-pager --lines=5 {unit}.service >&2
+  exit 1
+fi
 """
 _TRANSIENT: Final = """systemctl stop {unit}.service 2>/dev/null || true
 systemctl reset-failed {unit}.service 2>/dev/null || true
@@ -204,13 +222,17 @@ class Remote:
                 )
             unit = _PERSISTENT_UNIT.format(command=command)
             self.session.write_file(PERSISTENT_UNIT_FILE, unit.encode(), mode=0o644)
-            self._run("starting the agent", _PERSISTENT.format(unit=AGENT_UNIT))
+            check = _STILL_ACTIVE.format(unit=AGENT_UNIT, settle=AGENT_SETTLE)
+            self._run("starting the agent", _PERSISTENT.format(unit=AGENT_UNIT) + check)
             return f"systemd unit {AGENT_UNIT}.service (enabled)"
         if systemd:
-            self._run("starting the agent", _TRANSIENT.format(unit=AGENT_UNIT, command=command))
+            check = _STILL_ACTIVE.format(unit=AGENT_UNIT, settle=AGENT_SETTLE)
+            start = _TRANSIENT.format(unit=AGENT_UNIT, command=command)
+            self._run("starting the agent", start + check)
             return f"transient systemd unit {AGENT_UNIT}.service"
         pid = self._run(
-            "starting the agent", _BACKGROUND.format(state=AGENT_STATE, command=command)
+            "starting the agent",
+            _BACKGROUND.format(state=AGENT_STATE, command=command, settle=AGENT_SETTLE),
         ).strip()
         if not pid.isdigit():
             pid = "?"

@@ -12,6 +12,7 @@ connection (``_relay``).  Then wait until the fan-out has converged
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import ipaddress
@@ -304,7 +305,10 @@ class _Work:
         try:
             async with self.slots:
                 await self._steps(index, m)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # the run ended (converged, or Ctrl-C) mid-setup
+            if m.token_id is not None and not m.result.agent:
+                with contextlib.suppress(AutoregError):  # never handed over: no use left open
+                    await asyncio.shield(self.store.revoke_token(m.token_id))
             raise
         except FingerprintMismatch as exc:
             m.result = dataclasses.replace(m.result, fingerprint=exc.actual)

@@ -159,6 +159,25 @@ def test_an_unknown_or_wrong_host_key_is_refused_before_anything_is_copied(
     assert cc.cli("token", "list", "--json").stdout.strip() in ("[]", "")
 
 
+def test_an_agent_that_stops_at_once_fails_its_machine_at_once_with_its_last_words(
+    alab: AutoregLab, machine: Make
+) -> None:
+    cc = cc_registrar(alab, listen=False)
+    broken = machine("broken", cc)
+    dropins = broken.root["/etc/autoreg"] / "autoreg.conf.d"
+    dropins.mkdir()
+    (dropins / "99-local.conf").write_text("[node]\nbogus_key = 1\n")  # the admin's typo
+    code, summary, _ = bootstrap(cc, "--role", "nc", "--cluster", "c1", "--accept-new",
+                                 "--converged-timeout", "60", broken.ip)  # fmt: skip
+    assert code == 1
+    (row,) = rows(summary)
+    assert row["state"] == "failed" and row["agent"] == "", row
+    assert "starting the agent" in str(row["detail"]) and "bogus_key" in str(row["detail"]), row
+    assert float(summary["elapsed"]) < 30  # type: ignore[arg-type]  # not the quiet period
+    tokens = json.loads(cc.cli("token", "list", "--json").stdout or "[]")
+    assert tokens and all(t.get("revoked") for t in tokens), tokens  # never left usable
+
+
 def test_converged_timeout_returns_after_the_quiet_period_while_a_hook_still_runs(
     alab: AutoregLab, machine: Make
 ) -> None:
@@ -247,7 +266,8 @@ def test_where_systemd_runs_the_agent_is_a_transient_unit_or_with_persist_an_ena
     assert "ExecStart=python3 -S -I /var/cache/autoreg/autoreg-" in unit
     assert "WantedBy=multi-user.target" in unit
     calls = (persistent.root["/run"] / "systemd-calls.log").read_text().splitlines()
-    assert calls[-3:] == ["systemctl daemon-reload", "systemctl enable autoreg-agent.service",
-                          "systemctl restart autoreg-agent.service"]  # fmt: skip
+    assert calls[-4:] == ["systemctl daemon-reload", "systemctl enable autoreg-agent.service",
+                          "systemctl restart autoreg-agent.service",
+                          "systemctl is-active --quiet autoreg-agent.service"]  # fmt: skip
     for m in machines:  # no fallback background process where systemd runs
         assert not (m.root["/var/lib/autoreg"] / "bootstrap" / "agent.pid").exists()
