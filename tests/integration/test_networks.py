@@ -68,9 +68,12 @@ def test_three_routed_networks_over_the_https_endpoint(routed: RoutedLabs) -> No
     spec_cloud.check(cloud, unicast=posting)
     for node in (*cloud.cc.values(), *cloud.sc.values()):  # mDNS stops at the routers
         assert spec_cloud.sources(cloud.clc, node) == {Source.UNICAST}
-    # the Walrus, on the CLC's network, is heard both ways (one row all the same: check())
+    # the Walrus, on the CLC's network, is heard both ways (one row all the same: check()):
+    # it posts to the endpoint, unless mDNS was faster and it was registered (receipt and
+    # all) before its own announcement was out, when there is nothing left to post.
     assert cloud.walrus.announcer is not None
-    assert f"at {cloud.url()}" in cloud.walrus.announcer.log_text()
+    said = cloud.walrus.announcer.log_text()
+    assert f"at {cloud.url()}" in said or "_report: registered (" in said, said
     assert spec_cloud.sources(cloud.clc, cloud.walrus) & {Source.MDNS, Source.UNICAST}
     status = cloud.cc["c2"].cli("status").stdout
     assert "node: registered (receipt from clc" in status
