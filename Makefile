@@ -43,7 +43,7 @@ DEBIAN_SUBSET := tests/protocol tests/config tests/state tests/controller tests/
 	tests/media tests/docs tests/bootstrap tests/integration/test_core_loop.py \
 	tests/integration/test_bootstrap.py
 DEBIAN_SKIP := not uniqueness and not failing_hook and not ten_bare and not via_a_cc \
-	and not systemd_runs
+	and not systemd_runs and not converged_timeout and not stops_at_once
 DEBIAN_HA := tests/integration/test_etcd_ha.py -k "thirty or kill_9"
 PY_DEBIAN := $(VENV_DEBIAN)/bin/python -m pytest -p no:cacheprovider
 
