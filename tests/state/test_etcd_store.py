@@ -217,25 +217,36 @@ async def test_the_feed_reads_again_when_its_revision_was_compacted(
         db = store.database  # type: ignore[attr-defined]
         real = db.io.watch
         lost: list[int] = []
+        loop = asyncio.get_running_loop()
+        opened = asyncio.Event()
 
         def compacting(prefix: bytes, start: int, stop: Any) -> Any:
             if not lost:  # the first stream: its start revision "was compacted"
                 lost.append(start)
+                loop.call_soon_threadsafe(opened.set)
                 raise WatchLost("compacted at revision 9", start + 1, compacted=True)
             return real(prefix, start, stop)
 
         monkeypatch.setattr(db.io, "watch", compacting)
         after = (await store.last_events(1))[0].seq
         feed = store.watch(after=after)
-        for i in range(3):
-            await store.add_event(None, "test", f"e{i}")
         got: list[str] = []
-        async with asyncio.timeout(10):
+
+        async def collect() -> None:
             async for batch in feed:
-                got += [e.message for e in batch]
+                got.extend(e.message for e in batch)
                 if len(got) >= 3:
-                    break
-                await store.add_event(None, "test", "late")
+                    return
+
+        async with asyncio.timeout(10):
+            collector = asyncio.create_task(collect())
+            # The events come after the feed's first stream was opened and lost, so it
+            # is the reading again that must find them (not a first read that would
+            # find them anyway).
+            await opened.wait()
+            for i in range(3):
+                await store.add_event(None, "test", f"e{i}")
+            await collector
         await feed.aclose()  # type: ignore[attr-defined]
         assert lost and got[:3] == ["e0", "e1", "e2"] and len(got) == len(set(got))
     finally:
