@@ -95,6 +95,18 @@ class _Ctx:
 pass_ctx = click.make_pass_decorator(_Ctx)
 
 
+def duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """Click callback: a duration option (``90s``, ``30m``, ``2h``, ``1d``) in seconds."""
+    from .._trust import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
+
+
 def with_store(
     obj: _Ctx, action: Callable[[StateStore], Awaitable[T]], *, readonly: bool = False
 ) -> T:

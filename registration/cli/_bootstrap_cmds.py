@@ -12,19 +12,11 @@ from .. import bootstrap as boot
 from .._endpoints import parse_pin, parse_registrar_url
 from .._exceptions import AutoregError, ConfigError
 from .._text import escape_controls
-from .._trust import parse_duration
-from . import _Ctx, _errors, _quiet_libraries, pass_ctx, with_store
+from . import _Ctx, _errors, _quiet_libraries, duration, pass_ctx, with_store
 from . import cli as root
 from ._output import emit_json, format_table
 
 __all__: list[str] = []
-
-
-def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
 
 
 @root.command(context_settings={"max_content_width": 100})
@@ -43,7 +35,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
     "--token-ttl",
     default="1h",
     show_default=True,
-    callback=_duration,
+    callback=duration,
     help="Lifetime of each machine's single-use join token (30m, 2h, 1d).",
 )
 @click.option(

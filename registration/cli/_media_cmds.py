@@ -12,8 +12,7 @@ import click
 from .. import _admin, media
 from .._exceptions import AutoregError
 from .._files import write_atomic
-from .._trust import parse_duration
-from . import _Ctx, _errors, cli, pass_ctx, run
+from . import _Ctx, _errors, cli, duration, pass_ctx, run
 from ._output import emit_json
 
 __all__: list[str] = []
@@ -22,13 +21,6 @@ __all__: list[str] = []
 @cli.group("media")
 def media_group() -> None:
     """Install media: a node's configuration, keys and services on first boot."""
-
-
-def _token_ttl(ctx: click.Context, param: click.Parameter, value: str) -> float:
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
 
 
 def _medium_options(fn: click.decorators.FC) -> click.decorators.FC:
@@ -85,7 +77,7 @@ def _medium_options(fn: click.decorators.FC) -> click.decorators.FC:
             "--token-ttl",
             default="24h",
             show_default=True,
-            callback=_token_ttl,
+            callback=duration,
             help="How long that token is valid (30m, 24h, 7d): until the node boots.",
         ),
     ]

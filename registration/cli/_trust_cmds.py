@@ -11,21 +11,12 @@ import click
 from .. import _trust
 from .._exceptions import AutoregError
 from ..state import NodeRecord, StateStore
-from . import _Ctx, _errors, cli, pass_ctx, with_store
+from . import _Ctx, _errors, cli, duration, pass_ctx, with_store
 from ._output import emit_json, format_table
 
 __all__: list[str] = []
 
 T = TypeVar("T")
-
-
-def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return _trust.parse_duration(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
 
 
 def _when(ts: float | None) -> str:
@@ -53,7 +44,7 @@ def token() -> None:
     "--ttl",
     default="24h",
     show_default=True,
-    callback=_duration,
+    callback=duration,
     help="How long it is valid (90s, 30m, 24h, 7d).",
 )
 @click.option("--description", default="", help="What it is for (shown by `token list`).")
@@ -267,7 +258,7 @@ def _window_rows(windows: list[Any]) -> list[list[str]]:
     "duration",
     default="1h",
     show_default=True,
-    callback=_duration,
+    callback=duration,
     help="How long (90s, 30m, 2h).",
 )
 @click.option("--max", "max_uses", type=int, help="Seal after this many registrations.")
